@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ClinicCrmConfig(AppConfig):
+    name = "clinic_crm"
+    verbose_name = "Clinic CRM"

@@ -1,0 +1,146 @@
+"""Model fields that keep patient data encrypted at rest and searchable by exact match.
+
+An encrypted field stores a token from `clinic_crm.crypto`; what a row loads stays sealed until
+the attribute is read, so listing ids or counting rows never decrypts anything. Writes are
+encrypted in `pre_save`, where the row (and so its uuid) is known: that makes plain `save()` and
+`bulk_create()` work, while `update()`/`bulk_update()`/`filter()` with a plaintext value raise
+rather than store or compare plaintext. Search by equality goes through a `BlindIndexField`.
+"""
+
+from collections.abc import Callable
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.query_utils import DeferredAttribute
+from django.utils.translation import gettext_lazy as _
+
+from clinic_crm import crypto
+from clinic_crm.normalise import phone_e164
+
+
+class Sealed:
+    """A token as stored in the database, not yet decrypted."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __repr__(self) -> str:
+        return "<Sealed>"
+
+
+class _DecryptingAttribute(DeferredAttribute):
+    # A data descriptor (it has __set__), so reads come here even once the value is loaded.
+    def __set__(self, instance, value):
+        instance.__dict__[self.field.attname] = value
+
+    def __get__(self, instance, cls=None):
+        if instance is None:
+            return self
+        value = super().__get__(instance, cls)
+        if isinstance(value, Sealed):
+            value = self.field.unseal(instance, value)
+            instance.__dict__[self.field.attname] = value
+        return value
+
+
+class EncryptedTextField(models.TextField):
+    """Text encrypted with AES-GCM, bound to table, column and the row's `uuid`."""
+
+    descriptor_class = _DecryptingAttribute
+    form_widget: type[forms.Widget] = forms.Textarea
+
+    def context(self, instance) -> str:
+        return f"{self.model._meta.db_table}.{self.column}.{instance.uuid}"
+
+    def unseal(self, instance, sealed: Sealed) -> str:
+        return crypto.keyring().decrypt(sealed.token, self.context(instance))
+
+    def seal(self, instance) -> Sealed | str | None:
+        """The value to store for `instance`: a fresh token under the newest key."""
+        value = self.value_from_object(instance)
+        if value in (None, ""):
+            return value
+        return Sealed(crypto.keyring().encrypt(str(value), self.context(instance)))
+
+    def stored_key_id(self, instance) -> str | None:
+        """Key id of the loaded, still-sealed value; None when empty or already read."""
+        raw = instance.__dict__.get(self.attname)
+        return crypto.token_key_id(raw.token) if isinstance(raw, Sealed) else None
+
+    def from_db_value(self, value, expression, connection):
+        return Sealed(value) if value else value
+
+    def pre_save(self, model_instance, add):
+        raw = model_instance.__dict__.get(self.attname)
+        if isinstance(raw, Sealed):
+            return raw
+        return self.seal(model_instance)
+
+    def get_db_prep_value(self, value, connection, prepared=False):
+        if value is None or value == "":
+            return value
+        if isinstance(value, Sealed):
+            return value.token
+        raise TypeError(
+            f"{self.model.__name__}.{self.name} is encrypted: write it with save() or "
+            "bulk_create(), and search it through its blind index"
+        )
+
+    def formfield(self, **kwargs):
+        return super().formfield(**{"widget": self.form_widget, **kwargs})
+
+
+class EncryptedCharField(EncryptedTextField):
+    """An encrypted single-line value; `max_length` limits the plaintext in forms."""
+
+    form_widget = forms.TextInput
+
+
+class EncryptedPhoneField(EncryptedCharField):
+    """A phone number, validated and stored as E.164 (+886912345678)."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if not value:
+            return value
+        e164 = phone_e164(value)
+        if e164 is None:
+            raise ValidationError(
+                _("Enter a valid phone number, for example 0912 345 678 or +886 912 345 678."),
+                code="invalid_phone",
+            )
+        return e164
+
+
+class BlindIndexField(models.CharField):
+    """Keyed HMAC of another field's normalised value, kept in step on every save."""
+
+    def __init__(self, *args, source: str = "", normaliser: Callable[[str], str] = str, **kw):
+        self.source = source
+        self.normaliser = normaliser
+        kw.setdefault("max_length", 64)
+        kw.setdefault("null", True)
+        kw.setdefault("blank", True)
+        kw.setdefault("editable", False)
+        kw.setdefault("db_index", True)
+        super().__init__(*args, **kw)
+
+    def deconstruct(self):
+        # source and normaliser are Python behaviour, not schema: keep them out of migrations.
+        name, path, args, kwargs = super().deconstruct()
+        return name, path, args, kwargs
+
+    def digest(self, raw: str | None) -> str | None:
+        """The index value a search for `raw` must match."""
+        if not raw:
+            return None
+        key = self.normaliser(str(raw))
+        return crypto.blind_index(self.source, key) if key else None
+
+    def pre_save(self, model_instance, add):
+        value = self.digest(getattr(model_instance, self.source))
+        setattr(model_instance, self.attname, value)
+        return value

@@ -1,0 +1,49 @@
+"""Staff groups and what each may do; applied by data migrations."""
+
+FRONT_DESK = "Front desk"
+CLINIC_MANAGER = "Clinic manager"
+
+_RECORDS = ["patient", "visit", "prescription", "refillwindow", "procedure", "appointment"]
+
+ROLE_PERMISSIONS: dict[str, list[str]] = {
+    FRONT_DESK: [
+        *(f"patients.{verb}_{model}" for model in _RECORDS for verb in ("view", "add", "change")),
+        "patients.export_patient",
+        "patients.view_condition",
+        "patients.view_clinicprofile",
+        "consent.view_consententry",
+        "consent.add_consententry",
+        "consent.view_consentstate",
+    ],
+}
+ROLE_PERMISSIONS[CLINIC_MANAGER] = [
+    *ROLE_PERMISSIONS[FRONT_DESK],
+    "patients.erase_patient",
+    "patients.change_clinicprofile",
+    "patients.add_condition",
+    "patients.change_condition",
+    "patients.view_auditentry",
+]
+
+
+def sync_roles(apps, schema_editor=None) -> None:
+    """Create the groups and set their permissions to exactly ROLE_PERMISSIONS."""
+    from django.contrib.auth.management import create_permissions
+
+    # Permissions are normally created after all migrations; the groups need them now.
+    for app_config in apps.get_app_configs():
+        app_config.models_module = True
+        create_permissions(app_config, verbosity=0, apps=apps)
+        app_config.models_module = None
+
+    Group = apps.get_model("auth", "Group")
+    Permission = apps.get_model("auth", "Permission")
+    for name, codenames in ROLE_PERMISSIONS.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        perms = []
+        for dotted in codenames:
+            app_label, codename = dotted.split(".")
+            perms.append(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+        group.permissions.set(perms)

@@ -1,0 +1,102 @@
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from clinic_crm.append_only import AppendOnlyModel
+from patients.models import ContactChannel, Patient
+
+Channel = ContactChannel
+
+
+class Purpose(models.TextChoices):
+    CARE = "care", _("care (visit, medication and post-op reminders)")
+    RELATIONSHIP = "relationship", _("relationship (birthday greetings, health news)")
+
+
+class Action(models.TextChoices):
+    GRANT = "grant", _("grant")
+    WITHDRAW = "withdraw", _("withdraw")
+
+
+class Source(models.TextChoices):
+    PAPER_FORM = "paper_form", _("paper form")
+    FRONT_DESK = "front_desk", _("front desk, verbal")
+    LINE_FOLLOW = "line_follow", _("LINE follow / unfollow")
+    SMS_KEYWORD = "sms_keyword", _("SMS keyword")
+    PATIENT_REQUEST = "patient_request", _("patient request")
+
+
+class ConsentEntry(AppendOnlyModel):
+    """One grant or withdrawal, as it was recorded. The ledger is never changed or deleted."""
+
+    patient = models.ForeignKey(
+        Patient,
+        on_delete=models.PROTECT,
+        related_name="consent_entries",
+        verbose_name=_("patient"),
+    )
+    purpose = models.CharField(_("purpose"), max_length=16, choices=Purpose.choices)
+    channel = models.CharField(_("channel"), max_length=8, choices=Channel.choices)
+    action = models.CharField(_("grant or withdraw"), max_length=8, choices=Action.choices)
+    source = models.CharField(_("source"), max_length=16, choices=Source.choices)
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        # PROTECT: a staff account with history is deactivated, never deleted.
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        verbose_name=_("recorded by"),
+    )
+    recorded_at = models.DateTimeField(_("recorded at"), default=timezone.now)
+    evidence = models.CharField(
+        _("evidence"),
+        max_length=200,
+        blank=True,
+        help_text=_("Form version, scanned form reference, or what the patient said."),
+    )
+
+    class Meta:
+        ordering = ["-recorded_at", "-id"]
+        verbose_name = _("consent entry")
+        verbose_name_plural = _("consent ledger")
+        indexes = [
+            models.Index(fields=["patient", "purpose", "channel", "-recorded_at"], name="consent_latest")
+        ]
+
+    def __str__(self):
+        return f"{self.get_action_display()} {self.purpose}/{self.channel}"
+
+
+class ConsentState(models.Model):
+    """Current answer per patient × purpose × channel, kept in step with the ledger.
+
+    Written only by `consent.services.consent_record`, in the same transaction as the entry,
+    so planning can join on it instead of re-reading the whole ledger.
+    """
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="consent_states")
+    purpose = models.CharField(max_length=16, choices=Purpose.choices)
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    granted = models.BooleanField()
+    entry = models.ForeignKey(ConsentEntry, on_delete=models.PROTECT, related_name="+")
+    changed_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = _("current consent")
+        verbose_name_plural = _("current consent")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient", "purpose", "channel"], name="consent_state_once"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["purpose", "channel", "patient"],
+                condition=models.Q(granted=True),
+                name="consent_granted",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.purpose}/{self.channel}: {'granted' if self.granted else 'withheld'}"

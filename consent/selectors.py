@@ -1,0 +1,77 @@
+"""The one place that answers "may we contact this patient for PURPOSE on CHANNEL?"."""
+
+from dataclasses import dataclass
+
+from django.db.models import Exists, OuterRef, Q, QuerySet
+
+from consent.models import Channel, ConsentState
+from patients.models import Patient
+
+# The blind index of a channel's address is set exactly when the patient has that address.
+CONTACT_POINT = {
+    Channel.SMS: "phone_bidx",
+    Channel.LINE: "line_user_id_bidx",
+    Channel.EMAIL: "email_bidx",
+}
+
+
+class Reason:
+    ERASED = "erased"
+    NO_CONSENT = "no_consent"
+    WITHDRAWN = "withdrawn"
+    NO_CONTACT_POINT = "no_contact_point"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def may_contact(*, patient: Patient, purpose: str, channel: str) -> Decision:
+    """Whether `patient` may be messaged for `purpose` on `channel`, read fresh from the database.
+
+    Raises KeyError for an unknown channel.
+    """
+    contact_field = CONTACT_POINT[channel]
+    row = (
+        Patient.objects.filter(pk=patient.pk)
+        .values("erased_at", contact_field)
+        .first()
+    )
+    if row is None or row["erased_at"] is not None:
+        return Decision(False, Reason.ERASED)
+    state = (
+        ConsentState.objects.filter(patient_id=patient.pk, purpose=purpose, channel=channel)
+        .values_list("granted", flat=True)
+        .first()
+    )
+    if state is None:
+        return Decision(False, Reason.NO_CONSENT)
+    if not state:
+        return Decision(False, Reason.WITHDRAWN)
+    if not row[contact_field]:
+        return Decision(False, Reason.NO_CONTACT_POINT)
+    return Decision(True)
+
+
+def contactable_q(*, purpose: str, channel: str, patient_ref: str = "pk") -> Q:
+    """The same answer as `may_contact`, as a filter over patients for set-based planning.
+
+    `patient_ref` names the patient's primary key in the queryset being filtered (for example
+    "patient_id" when filtering appointments).
+    """
+    prefix = "" if patient_ref == "pk" else patient_ref.removesuffix("_id") + "__"
+    granted = ConsentState.objects.filter(
+        patient_id=OuterRef(patient_ref), purpose=purpose, channel=channel, granted=True
+    )
+    return Q(Exists(granted)) & Q(
+        **{f"{prefix}erased_at__isnull": True, f"{prefix}{CONTACT_POINT[channel]}__isnull": False}
+    )
+
+
+def contactable_patients(*, purpose: str, channel: str) -> QuerySet[Patient]:
+    return Patient.objects.filter(contactable_q(purpose=purpose, channel=channel))

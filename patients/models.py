@@ -1,0 +1,470 @@
+import re
+import uuid
+from datetime import date, time, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import (
+    MaxValueValidator,
+    MinValueValidator,
+    RegexValidator,
+    validate_email,
+)
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import get_language
+from django.utils.translation import gettext_lazy as _
+
+from clinic_crm.append_only import AppendOnlyModel
+from clinic_crm.fields import (
+    BlindIndexField,
+    EncryptedCharField,
+    EncryptedPhoneField,
+    EncryptedTextField,
+)
+from clinic_crm.normalise import email_key, identifier_key, name_key, phone_key
+
+
+class Language(models.TextChoices):
+    ZH_HANT = "zh-hant", "繁體中文"
+    EN = "en", "English"
+
+
+class ContactChannel(models.TextChoices):
+    SMS = "sms", _("SMS")
+    LINE = "line", "LINE"
+    EMAIL = "email", _("E-mail")
+
+
+class ClinicProfile(models.Model):
+    """The clinic itself: one row, read by every message."""
+
+    name = models.CharField(_("clinic name"), max_length=100, default="")
+    phone = models.CharField(_("phone"), max_length=32, blank=True)
+    address = models.CharField(_("address"), max_length=200, blank=True)
+    line_account_name = models.CharField(_("LINE official account"), max_length=100, blank=True)
+    send_window_start = models.TimeField(_("send messages from"), default=time(9, 0))
+    send_window_end = models.TimeField(_("send messages until"), default=time(21, 0))
+    closed_weekdays = models.JSONField(
+        _("closed weekdays"),
+        default=list,
+        blank=True,
+        help_text=_("No messages are sent on these days (0 = Monday … 6 = Sunday)."),
+    )
+
+    class Meta:
+        verbose_name = _("clinic profile")
+        verbose_name_plural = _("clinic profile")
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(send_window_start__lt=models.F("send_window_end")),
+                name="clinic_send_window_order",
+                violation_error_message=_("The send window must start before it ends."),
+            )
+        ]
+
+    def __str__(self):
+        return self.name or str(_("clinic profile"))
+
+    @classmethod
+    def load(cls) -> "ClinicProfile":
+        profile, _created = cls.objects.get_or_create(pk=1)
+        return profile
+
+
+class Condition(models.Model):
+    """A chronic-condition tag (hypertension, diabetes, …) used by recall rules."""
+
+    code = models.SlugField(_("code"), max_length=40, unique=True)
+    label_zh = models.CharField(_("name (Chinese)"), max_length=60)
+    label_en = models.CharField(_("name (English)"), max_length=60)
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name = _("chronic condition")
+        verbose_name_plural = _("chronic conditions")
+
+    def __str__(self):
+        return self.label_en if (get_language() or "").startswith("en") else self.label_zh
+
+
+class MonthDayField(models.PositiveSmallIntegerField):
+    """Month and day of a date field as one indexed number (Mar 5 → 305), for birthdays."""
+
+    def __init__(self, *args, source: str = "", **kwargs):
+        self.source = source
+        kwargs.setdefault("null", True)
+        kwargs.setdefault("editable", False)
+        kwargs.setdefault("db_index", True)
+        super().__init__(*args, **kwargs)
+
+    def pre_save(self, model_instance, add):
+        day: date | None = getattr(model_instance, self.source)
+        value = day.month * 100 + day.day if day else None
+        setattr(model_instance, self.attname, value)
+        return value
+
+
+chart_no_validator = RegexValidator(
+    r"^[A-Z0-9-]{1,20}$", _("A chart number uses letters, digits and dashes only.")
+)
+line_user_id_validator = RegexValidator(
+    r"^U[0-9a-f]{32}$", _("A LINE user id is U followed by 32 hexadecimal characters.")
+)
+national_id_validator = RegexValidator(
+    r"^[A-Z][12ABCD89][0-9]{8}$",
+    _("Enter a Taiwan ID or resident certificate number, for example A123456789."),
+)
+
+
+class ChartNumberField(models.CharField):
+    def to_python(self, value):
+        value = super().to_python(value)
+        return identifier_key(value) if value else value
+
+
+class Patient(models.Model):
+    class Sex(models.TextChoices):
+        FEMALE = "F", _("female")
+        MALE = "M", _("male")
+        OTHER = "O", _("other")
+        UNKNOWN = "U", _("not stated")
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    chart_no = ChartNumberField(
+        _("chart number"), max_length=20, unique=True, validators=[chart_no_validator]
+    )
+    name = EncryptedCharField(_("full name"), max_length=100)
+    name_bidx = BlindIndexField(source="name", normaliser=name_key)
+    sex = models.CharField(_("sex"), max_length=1, choices=Sex.choices, default=Sex.UNKNOWN)
+    birth_date = models.DateField(_("birth date"), null=True, blank=True)
+    birth_mmdd = MonthDayField(source="birth_date")
+    phone = EncryptedPhoneField(_("mobile phone"), max_length=32, blank=True)
+    phone_bidx = BlindIndexField(source="phone", normaliser=phone_key)
+    email = EncryptedCharField(
+        _("e-mail"), max_length=254, blank=True, validators=[validate_email]
+    )
+    email_bidx = BlindIndexField(source="email", normaliser=email_key)
+    line_user_id = EncryptedCharField(
+        _("LINE user id"), max_length=33, blank=True, validators=[line_user_id_validator]
+    )
+    line_user_id_bidx = BlindIndexField(source="line_user_id", normaliser=str.strip)
+    national_id = EncryptedCharField(
+        _("national ID"), max_length=10, blank=True, validators=[national_id_validator]
+    )
+    national_id_bidx = BlindIndexField(source="national_id", normaliser=identifier_key)
+    preferred_language = models.CharField(
+        _("preferred language"), max_length=8, choices=Language.choices, default=Language.ZH_HANT
+    )
+    preferred_channel = models.CharField(
+        _("preferred channel"),
+        max_length=8,
+        choices=ContactChannel.choices,
+        blank=True,
+        help_text=_("Tried first when a rule allows several channels."),
+    )
+    conditions = models.ManyToManyField(
+        Condition, blank=True, related_name="patients", verbose_name=_("chronic conditions")
+    )
+    caregiver_contact = EncryptedCharField(
+        _("caregiver or proxy contact"),
+        max_length=200,
+        blank=True,
+        help_text=_("Name, relationship and phone of a family member or proxy."),
+    )
+    notes = EncryptedTextField(_("notes"), blank=True)
+    erased_at = models.DateTimeField(_("erased at"), null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        ordering = ["chart_no"]
+        verbose_name = _("patient")
+        verbose_name_plural = _("patients")
+        permissions = [
+            ("export_patient", _("Can export everything held about a patient")),
+            ("erase_patient", _("Can erase a patient's contact data")),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["national_id_bidx"],
+                condition=models.Q(national_id_bidx__isnull=False),
+                name="patient_national_id_unique",
+                violation_error_message=_("Another patient already has this national ID."),
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.chart_no}"
+
+    def clean(self):
+        super().clean()
+        if self.email:
+            self.email = self.email.strip()
+
+    @property
+    def is_erased(self) -> bool:
+        return self.erased_at is not None
+
+    @classmethod
+    def index_of(cls, field: str, raw: str) -> str | None:
+        """Blind-index value to match `raw` against the encrypted `field`."""
+        return cls._meta.get_field(f"{field}_bidx").digest(raw)
+
+    def age_on(self, day: date) -> int | None:
+        if not self.birth_date:
+            return None
+        born = self.birth_date
+        return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+class Visit(models.Model):
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="visits", verbose_name=_("patient")
+    )
+    visited_on = models.DateField(_("visit date"), default=timezone.localdate)
+    department = models.CharField(_("department"), max_length=40)
+    doctor = models.CharField(_("doctor"), max_length=60)
+    diagnosis_codes = models.CharField(
+        _("diagnosis codes"),
+        max_length=200,
+        blank=True,
+        validators=[
+            RegexValidator(
+                r"^\s*[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?(\s*,\s*[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?)*\s*$",
+                _("Enter ICD-10 codes separated by commas, for example I10, E11.9."),
+            )
+        ],
+    )
+    note = EncryptedTextField(_("note"), blank=True)
+
+    class Meta:
+        ordering = ["-visited_on"]
+        verbose_name = _("visit")
+        verbose_name_plural = _("visits")
+        indexes = [models.Index(fields=["patient", "-visited_on"], name="visit_patient_latest")]
+
+    def __str__(self):
+        return f"{self.visited_on} {self.department}"
+
+
+class Frequency(models.TextChoices):
+    """Taiwan prescription abbreviations, with the dose times a clinic usually means."""
+
+    QD = "QD", _("QD: once a day")
+    BID = "BID", _("BID: twice a day")
+    TID = "TID", _("TID: three times a day")
+    QID = "QID", _("QID: four times a day")
+    HS = "HS", _("HS: at bedtime")
+    PRN = "PRN", _("PRN: when needed")
+
+
+DEFAULT_DOSE_TIMES = {
+    Frequency.QD: ["09:00"],
+    Frequency.BID: ["09:00", "18:00"],
+    Frequency.TID: ["08:00", "12:00", "18:00"],
+    Frequency.QID: ["08:00", "12:00", "18:00", "21:00"],
+    Frequency.HS: ["21:00"],
+    Frequency.PRN: [],
+}
+DOSE_TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+# 慢性病連續處方箋: a refill may be picked up in the last 10 days of the previous supply.
+REFILL_WINDOW_DAYS = 10
+
+
+class Prescription(models.Model):
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="prescriptions", verbose_name=_("patient")
+    )
+    visit = models.ForeignKey(
+        Visit,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="prescriptions",
+        verbose_name=_("visit"),
+    )
+    drug = models.CharField(_("drug"), max_length=120)
+    dose = models.CharField(_("dose"), max_length=60, help_text=_("For example 1 tab, 5 ml."))
+    frequency = models.CharField(_("frequency"), max_length=4, choices=Frequency.choices)
+    dose_times = models.JSONField(
+        _("dose times"),
+        default=list,
+        blank=True,
+        help_text=_("24-hour times such as 08:00; left empty, the usual times for the frequency."),
+    )
+    start_date = models.DateField(_("start date"), default=timezone.localdate)
+    days_supplied = models.PositiveSmallIntegerField(
+        _("days supplied"), validators=[MinValueValidator(1), MaxValueValidator(90)]
+    )
+    refills = models.PositiveSmallIntegerField(
+        _("chronic refills"),
+        default=0,
+        validators=[MaxValueValidator(3)],
+        help_text=_("Further pickups of a chronic continuous prescription (慢箋) after the first."),
+    )
+    dose_reminders = models.BooleanField(
+        _("remind each dose"),
+        default=False,
+        help_text=_("Only when the patient asked for a text before every dose."),
+    )
+    refill_reminders = models.BooleanField(_("remind refill pickups"), default=True)
+
+    class Meta:
+        ordering = ["-start_date"]
+        verbose_name = _("prescription")
+        verbose_name_plural = _("prescriptions")
+
+    def __str__(self):
+        return f"{self.drug} {self.dose} {self.frequency}"
+
+    def clean(self):
+        super().clean()
+        times = self.dose_times or DEFAULT_DOSE_TIMES.get(self.frequency, [])
+        if not isinstance(times, list) or not all(
+            isinstance(t, str) and DOSE_TIME.match(t) for t in times
+        ):
+            raise ValidationError(
+                {"dose_times": _("List dose times as 24-hour HH:MM, e.g. [\"08:00\", \"20:00\"].")}
+            )
+        self.dose_times = sorted(times)
+
+    @property
+    def end_date(self) -> date:
+        """Last day covered by the first dispensing."""
+        return self.start_date + timedelta(days=self.days_supplied - 1)
+
+    def refill_windows_due(self) -> list[tuple[int, date, date]]:
+        """(refill number, opens on, closes on) for each chronic refill."""
+        windows = []
+        for number in range(1, self.refills + 1):
+            last_day = self.start_date + timedelta(days=self.days_supplied * number - 1)
+            opens = last_day - timedelta(days=REFILL_WINDOW_DAYS - 1)
+            windows.append((number, opens, last_day))
+        return windows
+
+
+class RefillWindow(models.Model):
+    """When one refill of a chronic continuous prescription may be picked up."""
+
+    prescription = models.ForeignKey(
+        Prescription, on_delete=models.CASCADE, related_name="refill_windows"
+    )
+    number = models.PositiveSmallIntegerField(_("refill number"))
+    opens_on = models.DateField(_("opens on"))
+    closes_on = models.DateField(_("closes on"))
+    picked_up_on = models.DateField(_("picked up on"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["prescription", "number"]
+        verbose_name = _("refill window")
+        verbose_name_plural = _("refill windows")
+        constraints = [
+            models.UniqueConstraint(fields=["prescription", "number"], name="refill_number_once")
+        ]
+        indexes = [
+            models.Index(fields=["opens_on"], name="refill_opens"),
+            models.Index(fields=["closes_on"], name="refill_closes"),
+        ]
+
+    def __str__(self):
+        return f"#{self.number} {self.opens_on}–{self.closes_on}"
+
+
+class Procedure(models.Model):
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="procedures", verbose_name=_("patient")
+    )
+    procedure_type = models.CharField(_("procedure"), max_length=80)
+    performed_at = models.DateTimeField(_("performed at"))
+    discharged_at = models.DateTimeField(_("discharged at"), null=True, blank=True)
+    care_plan_key = models.SlugField(
+        _("care plan"),
+        max_length=40,
+        blank=True,
+        help_text=_("Which post-op care rule applies, for example cataract or colonoscopy."),
+    )
+
+    class Meta:
+        ordering = ["-performed_at"]
+        verbose_name = _("procedure")
+        verbose_name_plural = _("procedures")
+        indexes = [models.Index(fields=["discharged_at"], name="procedure_discharged")]
+
+    def __str__(self):
+        return self.procedure_type
+
+    def clean(self):
+        super().clean()
+        if self.discharged_at and self.performed_at and self.discharged_at < self.performed_at:
+            raise ValidationError({"discharged_at": _("Discharge can't be before the procedure.")})
+
+
+class Appointment(models.Model):
+    class Status(models.TextChoices):
+        BOOKED = "booked", _("booked")
+        CONFIRMED = "confirmed", _("confirmed")
+        CANCELLED = "cancelled", _("cancelled")
+        ATTENDED = "attended", _("attended")
+        NO_SHOW = "no_show", _("no-show")
+
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="appointments", verbose_name=_("patient")
+    )
+    starts_at = models.DateTimeField(_("starts at"))
+    department = models.CharField(_("department"), max_length=40)
+    doctor = models.CharField(_("doctor"), max_length=60)
+    location = models.CharField(_("location"), max_length=120, blank=True)
+    bring_notes = models.CharField(
+        _("what to bring"), max_length=200, blank=True, help_text=_("NHI card, test reports, …")
+    )
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.BOOKED
+    )
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        ordering = ["starts_at"]
+        verbose_name = _("appointment")
+        verbose_name_plural = _("appointments")
+        indexes = [models.Index(fields=["starts_at", "status"], name="appointment_upcoming")]
+
+    def __str__(self):
+        return f"{timezone.localtime(self.starts_at):%Y-%m-%d %H:%M} {self.department}"
+
+
+class AuditEntry(AppendOnlyModel):
+    """Who saw or took which patients' data, when. Never changed or deleted."""
+
+    class Action(models.TextChoices):
+        LIST = "list", _("listed")
+        VIEW = "view", _("viewed")
+        SEARCH = "search", _("searched")
+        EXPORT = "export", _("exported")
+        ERASE = "erase", _("erased")
+
+    at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        # PROTECT: a staff account with history is deactivated, never deleted.
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        verbose_name=_("staff member"),
+    )
+    actor_name = models.CharField(_("staff member"), max_length=150, blank=True)
+    action = models.CharField(_("action"), max_length=10, choices=Action.choices)
+    patients = models.ManyToManyField(
+        Patient, related_name="audit_entries", verbose_name=_("patients")
+    )
+    path = models.CharField(_("page"), max_length=300, blank=True)
+    detail = models.CharField(_("detail"), max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name = _("audit entry")
+        verbose_name_plural = _("audit log")
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name} {self.action}"

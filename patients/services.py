@@ -1,0 +1,115 @@
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models, transaction
+from django.utils import timezone
+
+from clinic_crm.fields import BlindIndexField, EncryptedTextField
+from consent.models import Source
+from consent.services import consent_withdraw_all
+from patients.models import AuditEntry, Patient, Prescription, RefillWindow
+
+
+def audit_record(
+    *,
+    actor,
+    action: str,
+    patients: Iterable[Patient | int],
+    path: str = "",
+    detail: str = "",
+) -> AuditEntry:
+    """Write who did what to which patients' data. Call it wherever patient data is shown."""
+    ids = {p.pk if isinstance(p, Patient) else int(p) for p in patients}
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    entry = AuditEntry.objects.create(
+        actor=user,
+        actor_name=user.get_username() if user else str(actor or "system"),
+        action=action,
+        path=path[:300],
+        detail=detail[:300],
+    )
+    entry.patients.add(*ids)
+    return entry
+
+
+@transaction.atomic
+def prescription_sync_refills(*, prescription: Prescription) -> None:
+    """Make the refill windows match the prescription, keeping pickups already recorded."""
+    due = {number: (opens, closes) for number, opens, closes in prescription.refill_windows_due()}
+    prescription.refill_windows.exclude(number__in=due).filter(picked_up_on__isnull=True).delete()
+    for number, (opens, closes) in due.items():
+        RefillWindow.objects.update_or_create(
+            prescription=prescription,
+            number=number,
+            defaults={"opens_on": opens, "closes_on": closes},
+        )
+
+
+def _row(obj: models.Model) -> dict[str, Any]:
+    """Every stored value of `obj`, decrypted; blind indexes are left out (they mean nothing)."""
+    row = {}
+    for field in obj._meta.concrete_fields:
+        if isinstance(field, BlindIndexField):
+            continue
+        row[field.name] = getattr(obj, field.attname)
+    for field in obj._meta.many_to_many:
+        row[field.name] = [str(item) for item in getattr(obj, field.name).all()]
+    return row
+
+
+def _owned_children(obj: models.Model) -> dict[str, list[dict[str, Any]]]:
+    """Rows that belong to `obj` alone (deleted with it), such as a prescription's refills."""
+    children = {}
+    for rel in obj._meta.related_objects:
+        if rel.one_to_many and rel.on_delete is models.CASCADE and rel.related_name != "+":
+            accessor = rel.get_accessor_name()
+            children[accessor] = [_row(child) for child in getattr(obj, accessor).all()]
+    return children
+
+
+def patient_export(*, patient: Patient, actor, path: str = "") -> str:
+    """Everything held about `patient` as a JSON document; the export itself is audited."""
+    document: dict[str, Any] = {"exported_at": timezone.now(), "patient": _row(patient)}
+    for rel in Patient._meta.related_objects:
+        if rel.one_to_many:
+            accessor = rel.get_accessor_name()
+            document[accessor] = [
+                {**_row(obj), **_owned_children(obj)} for obj in getattr(patient, accessor).all()
+            ]
+    document["audit_entries"] = [
+        {"at": e.at, "staff": e.actor_name, "action": e.action}
+        for e in patient.audit_entries.all()
+    ]
+    audit_record(actor=actor, action=AuditEntry.Action.EXPORT, patients=[patient], path=path)
+    return json.dumps(document, cls=DjangoJSONEncoder, ensure_ascii=False, indent=2)
+
+
+ERASED_FIELDS = [
+    f.name
+    for f in Patient._meta.concrete_fields
+    if isinstance(f, EncryptedTextField) and f.name != "name"
+]
+
+
+@transaction.atomic
+def patient_erase(*, patient: Patient, actor, path: str = "") -> Patient:
+    """Anonymise a patient's contact data and stop all messaging.
+
+    Medical records (visits, prescriptions, procedures, appointments) and the consent ledger
+    stay, as the law requires records to be kept; names and addresses to reach the patient go.
+    """
+    consent_withdraw_all(
+        patient=patient,
+        source=Source.PATIENT_REQUEST,
+        recorded_by=actor if getattr(actor, "is_authenticated", False) else None,
+        evidence="erasure request",
+    )
+    patient.name = f"(erased {patient.chart_no})"
+    for name in ERASED_FIELDS:
+        setattr(patient, name, "")
+    patient.erased_at = timezone.now()
+    patient.save()
+    audit_record(actor=actor, action=AuditEntry.Action.ERASE, patients=[patient], path=path)
+    return patient
