@@ -127,6 +127,26 @@ if env_str("REDIS_URL"):
     Q_CLUSTER.pop("orm")
     Q_CLUSTER["redis"] = env_str("REDIS_URL")
 
+# Messaging providers. With no credentials a channel falls back to the console channel, so a
+# new install shows the whole flow without any account.
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
+TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
+TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
+TWILIO_MESSAGING_SERVICE_SID = env_str("TWILIO_MESSAGING_SERVICE_SID")
+TWILIO_API_BASE_URL = env_str("TWILIO_API_BASE_URL")  # empty: the real service
+LINE_CHANNEL_ACCESS_TOKEN = env_str("LINE_CHANNEL_ACCESS_TOKEN")
+LINE_CHANNEL_SECRET = env_str("LINE_CHANNEL_SECRET")
+LINE_API_BASE_URL = env_str("LINE_API_BASE_URL")  # empty: the real service
+_CONSOLE = "reminders.channels.console.ConsoleChannel"
+REMINDER_CHANNELS = {
+    "sms": "reminders.channels.sms_twilio.TwilioSMSChannel"
+    if TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN
+    else _CONSOLE,
+    "line": "reminders.channels.line.LineChannel" if LINE_CHANNEL_ACCESS_TOKEN else _CONSOLE,
+    "email": "reminders.channels.email.EmailChannel",
+}
+
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "clinic@localhost")
 

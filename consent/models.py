@@ -61,7 +61,9 @@ class ConsentEntry(AppendOnlyModel):
         verbose_name = _("consent entry")
         verbose_name_plural = _("consent ledger")
         indexes = [
-            models.Index(fields=["patient", "purpose", "channel", "-recorded_at"], name="consent_latest")
+            models.Index(
+                fields=["patient", "purpose", "channel", "-recorded_at"], name="consent_latest"
+            )
         ]
 
     def __str__(self):

@@ -1,0 +1,36 @@
+# The index of what one can do here. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+MANAGE := $(PY) manage.py
+DEPS   := $(VENV)/.deps-installed
+
+.PHONY: run test lint bench worker messages clean
+
+$(DEPS): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+messages: $(DEPS)
+	$(MANAGE) compilemessages --ignore=.venv --verbosity 0
+run: $(DEPS) messages
+	$(MANAGE) migrate --verbosity 0
+	$(MANAGE) seed_demo --patients 500 --if-empty
+	$(MANAGE) demo_admin
+	$(MANAGE) runserver 127.0.0.1:8000
+
+test: $(DEPS) messages
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(DEPS)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(MANAGE) makemigrations --check --dry-run --verbosity 0
+
+bench: $(DEPS)
+	$(PY) bench/seed_demo.py
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache
