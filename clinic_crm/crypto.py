@@ -33,8 +33,8 @@ def _decode_key(raw: str, variable: str) -> bytes:
     if len(key) != 32:
         raise ImproperlyConfigured(
             f"{variable} must hold url-safe base64 of 32 random bytes; "
-            f"make one with: python3 -c \"import os, base64; "
-            f"print(base64.urlsafe_b64encode(os.urandom(32)).decode())\""
+            f'make one with: python3 -c "import os, base64; '
+            f'print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
         )
     return key
 

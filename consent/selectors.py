@@ -37,11 +37,7 @@ def may_contact(*, patient: Patient, purpose: str, channel: str) -> Decision:
     Raises KeyError for an unknown channel.
     """
     contact_field = CONTACT_POINT[channel]
-    row = (
-        Patient.objects.filter(pk=patient.pk)
-        .values("erased_at", contact_field)
-        .first()
-    )
+    row = Patient.objects.filter(pk=patient.pk).values("erased_at", contact_field).first()
     if row is None or row["erased_at"] is not None:
         return Decision(False, Reason.ERASED)
     state = (

@@ -141,9 +141,7 @@ class Patient(models.Model):
     birth_mmdd = MonthDayField(source="birth_date")
     phone = EncryptedPhoneField(_("mobile phone"), max_length=32, blank=True)
     phone_bidx = BlindIndexField(source="phone", normaliser=phone_key)
-    email = EncryptedCharField(
-        _("e-mail"), max_length=254, blank=True, validators=[validate_email]
-    )
+    email = EncryptedCharField(_("e-mail"), max_length=254, blank=True, validators=[validate_email])
     email_bidx = BlindIndexField(source="email", normaliser=email_key)
     line_user_id = EncryptedCharField(
         _("LINE user id"), max_length=33, blank=True, validators=[line_user_id_validator]
@@ -201,6 +199,21 @@ class Patient(models.Model):
         super().clean()
         if self.email:
             self.email = self.email.strip()
+        # Blind indexes are normally set in pre_save; set them now so constraint validation
+        # (a duplicate national ID) reports a form error instead of failing at INSERT.
+        for field in self._meta.concrete_fields:
+            if isinstance(field, BlindIndexField):
+                setattr(self, field.attname, field.digest(getattr(self, field.source)))
+        # The unique constraint is on national_id_bidx, a field forms exclude from validation.
+        if (
+            self.national_id_bidx
+            and Patient.objects.filter(national_id_bidx=self.national_id_bidx)
+            .exclude(pk=self.pk)
+            .exists()
+        ):
+            raise ValidationError(
+                {"national_id": _("Another patient already has this national ID.")}
+            )
 
     @property
     def is_erased(self) -> bool:
@@ -326,7 +339,7 @@ class Prescription(models.Model):
             isinstance(t, str) and DOSE_TIME.match(t) for t in times
         ):
             raise ValidationError(
-                {"dose_times": _("List dose times as 24-hour HH:MM, e.g. [\"08:00\", \"20:00\"].")}
+                {"dose_times": _('List dose times as 24-hour HH:MM, e.g. ["08:00", "20:00"].')}
             )
         self.dose_times = sorted(times)
 

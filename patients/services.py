@@ -79,8 +79,7 @@ def patient_export(*, patient: Patient, actor, path: str = "") -> str:
                 {**_row(obj), **_owned_children(obj)} for obj in getattr(patient, accessor).all()
             ]
     document["audit_entries"] = [
-        {"at": e.at, "staff": e.actor_name, "action": e.action}
-        for e in patient.audit_entries.all()
+        {"at": e.at, "staff": e.actor_name, "action": e.action} for e in patient.audit_entries.all()
     ]
     audit_record(actor=actor, action=AuditEntry.Action.EXPORT, patients=[patient], path=path)
     return json.dumps(document, cls=DjangoJSONEncoder, ensure_ascii=False, indent=2)

@@ -120,7 +120,9 @@ def test_current_state_always_equals_the_latest_ledger_entry(history):
                 )
                 assert allowed == expected == in_set.exists()
                 if latest:
-                    state = ConsentState.objects.get(patient=patient, purpose=purpose, channel=channel)
+                    state = ConsentState.objects.get(
+                        patient=patient, purpose=purpose, channel=channel
+                    )
                     assert state.entry_id == latest.pk
         transaction.set_rollback(True)
 
@@ -130,5 +132,7 @@ def test_erased_patient_may_not_be_contacted():
     grant(patient)
     Patient.objects.filter(pk=patient.pk).update(erased_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
 
-    assert may_contact(patient=patient, purpose=Purpose.CARE, channel=Channel.SMS).reason == "erased"
+    assert (
+        may_contact(patient=patient, purpose=Purpose.CARE, channel=Channel.SMS).reason == "erased"
+    )
     assert not contactable_patients(purpose=Purpose.CARE, channel=Channel.SMS).exists()

@@ -1,0 +1,332 @@
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count
+from django.http import HttpResponse
+from django.utils.translation import gettext_lazy as _
+
+from consent.admin import ConsentEntryInline, ConsentStateInline
+from patients.admin_audit import AuditedAdminMixin
+from patients.models import (
+    DOSE_TIME,
+    Appointment,
+    AuditEntry,
+    ClinicProfile,
+    Condition,
+    Patient,
+    Prescription,
+    Procedure,
+    RefillWindow,
+    Visit,
+)
+from patients.selectors import patient_search
+from patients.services import patient_erase, patient_export, prescription_sync_refills
+
+admin.site.site_header = _("Clinic patient care")
+admin.site.site_title = _("Clinic patient care")
+admin.site.index_title = _("Front desk")
+
+WEEKDAYS = [
+    (0, _("Monday")),
+    (1, _("Tuesday")),
+    (2, _("Wednesday")),
+    (3, _("Thursday")),
+    (4, _("Friday")),
+    (5, _("Saturday")),
+    (6, _("Sunday")),
+]
+
+
+class ClinicProfileForm(forms.ModelForm):
+    closed_weekdays = forms.TypedMultipleChoiceField(
+        label=_("closed weekdays"),
+        choices=WEEKDAYS,
+        coerce=int,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+    class Meta:
+        model = ClinicProfile
+        fields = [
+            "name",
+            "phone",
+            "address",
+            "line_account_name",
+            "send_window_start",
+            "send_window_end",
+            "closed_weekdays",
+        ]
+
+
+@admin.register(ClinicProfile)
+class ClinicProfileAdmin(admin.ModelAdmin):
+    form = ClinicProfileForm
+    list_display = ["name", "phone", "send_window_start", "send_window_end"]
+
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and not ClinicProfile.objects.exists()
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Condition)
+class ConditionAdmin(admin.ModelAdmin):
+    list_display = ["code", "label_zh", "label_en"]
+    search_fields = ["code", "label_zh", "label_en"]
+
+
+class DoseTimesField(forms.CharField):
+    """Dose times typed as "08:00, 20:00"; stored as a list."""
+
+    def prepare_value(self, value):
+        return ", ".join(value) if isinstance(value, list) else value
+
+    def to_python(self, value):
+        times = [t.strip() for t in (value or "").replace("，", ",").split(",") if t.strip()]
+        bad = [t for t in times if not DOSE_TIME.match(t)]
+        if bad:
+            raise ValidationError(
+                _("Use 24-hour times separated by commas, e.g. 08:00, 20:00 (not %(bad)s)."),
+                params={"bad": ", ".join(bad)},
+            )
+        return times
+
+
+class PrescriptionForm(forms.ModelForm):
+    dose_times = DoseTimesField(
+        label=_("dose times"),
+        required=False,
+        help_text=_("e.g. 08:00, 20:00; left empty, the usual times for the frequency."),
+    )
+
+    class Meta:
+        model = Prescription
+        fields = [
+            "patient",
+            "visit",
+            "drug",
+            "dose",
+            "frequency",
+            "dose_times",
+            "start_date",
+            "days_supplied",
+            "refills",
+            "dose_reminders",
+            "refill_reminders",
+        ]
+
+
+class PatientChildInline(admin.TabularInline):
+    extra = 0
+    show_change_link = True
+
+
+class VisitInline(PatientChildInline):
+    model = Visit
+    fields = ["visited_on", "department", "doctor", "diagnosis_codes", "note"]
+
+
+class PrescriptionInline(PatientChildInline):
+    model = Prescription
+    form = PrescriptionForm
+    fields = [
+        "drug",
+        "dose",
+        "frequency",
+        "dose_times",
+        "start_date",
+        "days_supplied",
+        "refills",
+        "dose_reminders",
+        "refill_reminders",
+    ]
+
+
+class ProcedureInline(PatientChildInline):
+    model = Procedure
+    fields = ["procedure_type", "performed_at", "discharged_at", "care_plan_key"]
+
+
+class AppointmentInline(PatientChildInline):
+    model = Appointment
+    fields = ["starts_at", "department", "doctor", "location", "bring_notes", "status"]
+
+
+class ErasedFilter(admin.SimpleListFilter):
+    title = _("erased")
+    parameter_name = "erased"
+
+    def lookups(self, request, model_admin):
+        return [("no", _("active")), ("yes", _("erased"))]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(erased_at__isnull=self.value() == "no")
+        return queryset
+
+
+@admin.register(Patient)
+class PatientAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    list_display = ["chart_no", "name", "sex", "birth_date", "phone", "preferred_channel"]
+    list_filter = [ErasedFilter, "sex", "preferred_language", "preferred_channel", "conditions"]
+    list_per_page = 50
+    search_fields = ["chart_no"]  # the real search is get_search_results, through blind indexes
+    search_help_text = _(
+        "Chart number (or its start), or the exact full name, phone number, e-mail or national ID."
+    )
+    filter_horizontal = ["conditions"]
+    readonly_fields = ["erased_at", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["chart_no", "name", "sex", "birth_date", "national_id"]}),
+        (
+            _("Contact"),
+            {
+                "fields": [
+                    "phone",
+                    "email",
+                    "line_user_id",
+                    "preferred_channel",
+                    "preferred_language",
+                    "caregiver_contact",
+                ]
+            },
+        ),
+        (_("Care"), {"fields": ["conditions", "notes"]}),
+        (_("Record"), {"fields": ["erased_at", "created_at", "updated_at"]}),
+    ]
+    inlines = [
+        ConsentStateInline,
+        ConsentEntryInline,
+        AppointmentInline,
+        VisitInline,
+        PrescriptionInline,
+        ProcedureInline,
+    ]
+    actions = ["export_json", "erase"]
+
+    def audited_patient_ids(self, objects):
+        return [obj.pk for obj in objects]
+
+    def get_search_results(self, request, queryset, search_term):
+        return patient_search(search_term, queryset), False
+
+    def save_formset(self, request, form, formset, change):
+        super().save_formset(request, form, formset, change)
+        if formset.model is Prescription:
+            for prescription in formset.new_objects + [o for o, _f in formset.changed_objects]:
+                prescription_sync_refills(prescription=prescription)
+
+    @admin.action(description=_("Export everything held about the patient (JSON)"))
+    def export_json(self, request, queryset):
+        if not request.user.has_perm("patients.export_patient"):
+            raise PermissionDenied
+        if queryset.count() != 1:
+            self.message_user(request, _("Export one patient at a time."), messages.WARNING)
+            return None
+        patient = queryset.get()
+        document = patient_export(patient=patient, actor=request.user, path=request.path)
+        response = HttpResponse(document, content_type="application/json; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="patient-{patient.chart_no}.json"'
+        return response
+
+    @admin.action(description=_("Erase contact data and stop all messages"))
+    def erase(self, request, queryset):
+        if not request.user.has_perm("patients.erase_patient"):
+            raise PermissionDenied
+        erased = 0
+        for patient in queryset.filter(erased_at__isnull=True):
+            patient_erase(patient=patient, actor=request.user, path=request.path)
+            erased += 1
+        self.message_user(request, _("%(count)d patient(s) erased.") % {"count": erased})
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if not request.user.has_perm("patients.erase_patient"):
+            actions.pop("erase", None)
+        if not request.user.has_perm("patients.export_patient"):
+            actions.pop("export_json", None)
+        return actions
+
+
+class PatientRecordAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    """Lists of one kind of record across patients; each row shows whose it is."""
+
+    autocomplete_fields = ["patient"]
+    list_select_related = ["patient"]
+
+    def audited_patient_ids(self, objects):
+        return [obj.patient_id for obj in objects]
+
+    @admin.display(description=_("patient"))
+    def patient_name(self, obj):
+        return f"{obj.patient.chart_no} {obj.patient.name}"
+
+
+@admin.register(Visit)
+class VisitAdmin(PatientRecordAdmin):
+    list_display = ["visited_on", "patient_name", "department", "doctor", "diagnosis_codes"]
+    list_filter = ["department", "visited_on"]
+    date_hierarchy = "visited_on"
+
+
+class RefillWindowInline(admin.TabularInline):
+    model = RefillWindow
+    extra = 0
+    fields = ["number", "opens_on", "closes_on", "picked_up_on"]
+    readonly_fields = ["number", "opens_on", "closes_on"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Prescription)
+class PrescriptionAdmin(PatientRecordAdmin):
+    form = PrescriptionForm
+    list_display = ["start_date", "patient_name", "drug", "frequency", "days_supplied", "refills"]
+    list_filter = ["frequency", "dose_reminders", "start_date"]
+    inlines = [RefillWindowInline]
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        prescription_sync_refills(prescription=form.instance)
+
+
+@admin.register(Procedure)
+class ProcedureAdmin(PatientRecordAdmin):
+    list_display = ["performed_at", "patient_name", "procedure_type", "discharged_at"]
+    list_filter = ["care_plan_key", "performed_at"]
+
+
+@admin.register(Appointment)
+class AppointmentAdmin(PatientRecordAdmin):
+    list_display = ["starts_at", "patient_name", "department", "doctor", "status"]
+    list_filter = ["status", "department", "starts_at"]
+    list_editable = ["status"]
+    date_hierarchy = "starts_at"
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ["at", "actor_name", "action", "patient_count", "path"]
+    list_filter = ["action", "at"]
+    search_fields = ["actor_name", "patients__chart_no"]
+    date_hierarchy = "at"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(patient_total=Count("patients"))
+
+    @admin.display(description=_("patients"), ordering="patient_total")
+    def patient_count(self, obj):
+        return obj.patient_total
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
