@@ -15,6 +15,7 @@ from functools import lru_cache
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 VERSION = "v1"
@@ -104,3 +105,18 @@ def blind_index(domain: str, normalised: str) -> str:
     """Keyed HMAC of a normalised value: equal inputs match, the value itself can't be read."""
     key = _index_key(settings.BLIND_INDEX_KEY)
     return hmac.new(key, f"{domain}\x00{normalised}".encode(), hashlib.sha256).hexdigest()
+
+
+@checks.register(checks.Tags.security)
+def check_keys(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """A malformed key fails `check` and `migrate` at deploy, not the first save of a patient."""
+    errors = []
+    for check_id, validate in (
+        ("clinic_crm.E001", lambda: _keyring(tuple(settings.FIELD_ENCRYPTION_KEYS))),
+        ("clinic_crm.E002", lambda: _index_key(settings.BLIND_INDEX_KEY)),
+    ):
+        try:
+            validate()
+        except ImproperlyConfigured as exc:
+            errors.append(checks.Error(str(exc), id=check_id))
+    return errors

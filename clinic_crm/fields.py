@@ -89,6 +89,20 @@ class EncryptedTextField(models.TextField):
             "bulk_create(), and search it through its blind index"
         )
 
+    # Lookups that take no value, or pass it through get_db_prep_value (which refuses
+    # plaintext). The pattern lookups (iexact, contains, startswith, regex, ...) skip that step:
+    # they would send the plaintext to the database as a query parameter, where it can end up in
+    # statement logs, and quietly match nothing.
+    safe_lookups = frozenset({"exact", "in", "isnull"})
+
+    def get_lookup(self, lookup_name):
+        if lookup_name not in self.safe_lookups:
+            raise TypeError(
+                f"{self.model.__name__}.{self.name} is encrypted: it can't be searched with "
+                f"__{lookup_name}; search it through its blind index"
+            )
+        return super().get_lookup(lookup_name)
+
     def formfield(self, **kwargs):
         return super().formfield(**{"widget": self.form_widget, **kwargs})
 
@@ -113,6 +127,13 @@ class EncryptedPhoneField(EncryptedCharField):
                 code="invalid_phone",
             )
         return e164
+
+    def pre_save(self, model_instance, add):
+        # Code paths without full_clean (imports, bulk_create) still store E.164 when valid.
+        raw = model_instance.__dict__.get(self.attname)
+        if isinstance(raw, str) and raw:
+            setattr(model_instance, self.attname, phone_e164(raw) or raw)
+        return super().pre_save(model_instance, add)
 
 
 class BlindIndexField(models.CharField):
