@@ -183,7 +183,7 @@ def test_token_copied_to_another_column_of_the_same_row_fails():
     # then
     with pytest.raises(crypto.DecryptionError):
         _ = moved.email
-    assert moved.phone == "0912-345-678"
+    assert moved.phone == "+886912345678"
 
 
 @pytest.mark.django_db

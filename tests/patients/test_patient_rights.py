@@ -61,7 +61,7 @@ def test_export_command_prints_everything_held_about_the_patient_decrypted(patie
 
     # then
     assert document["patient"]["name"] == NAME
-    assert document["patient"]["phone"] == PHONE
+    assert document["patient"]["phone"] == "+886912345678"
     assert document["patient"]["notes"] == "怕打針"
     assert not any(key.endswith("_bidx") for key in document["patient"])
     assert [(v["visited_on"], v["note"]) for v in document["visits"]] == [
