@@ -147,8 +147,21 @@ REMINDER_CHANNELS = {
     "email": "reminders.channels.email.EmailChannel",
 }
 
+# Care rules: at most this many birthday / health-news messages per patient in 30 days, and
+# at least this many minutes between two messages to one patient.
+RELATIONSHIP_MESSAGES_PER_30_DAYS = int(env_str("RELATIONSHIP_MESSAGES_PER_30_DAYS", "2"))
+MESSAGE_GAP_MINUTES = int(env_str("MESSAGE_GAP_MINUTES", "30"))
+# Sends per second per channel, all workers together ("sms=30,line=200,email=20").
+CHANNEL_RATE_LIMITS = {
+    name.strip(): float(rate)
+    for name, _, rate in (
+        item.partition("=") for item in env_list("CHANNEL_RATE_LIMITS", "sms=30,line=200,email=20")
+    )
+}
+
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "clinic@localhost")
+EMAIL_TIMEOUT = 20  # Django's SMTP backend otherwise waits forever on a dead server
 
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
@@ -164,4 +177,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # The Twilio SDK logs every request's URL and headers at INFO.
+    "loggers": {"twilio.http_client": {"level": "WARNING"}},
 }

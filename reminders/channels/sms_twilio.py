@@ -1,0 +1,145 @@
+"""SMS through Twilio's Programmable Messaging API, with the official `twilio` SDK."""
+
+import logging
+
+import requests
+from django.conf import settings
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+from urllib3.exceptions import NewConnectionError
+
+from .base import Channel, ChannelError, OutcomeUnknown, OutgoingMessage
+
+logger = logging.getLogger(__name__)
+
+# Twilio rejects a body over 1,600 characters (error 21617); failing here saves a request.
+MAX_BODY_CHARS = 1600
+
+# Twilio's 4xx answers on create are final for this message, for example 21211 (invalid 'To'),
+# 21408 (the account may not send to this region), 21610 (the recipient replied STOP; refused
+# until they reply START), 21612 (no route from this 'From' to this 'To'), 21614 ('To' is not a
+# mobile number), 21617 (body too long). The exceptions are these:
+TRANSIENT_ERROR_CODES = {
+    20429,  # too many requests
+    21611,  # this 'From' has too many queued messages: a 400 that clears by itself
+}
+
+# Carrier errors are not raised here: they arrive later in the status callback (MessageStatus
+# "undelivered"/"failed" with ErrorCode). The webhook handler can use this set to decide that a
+# number is dead rather than the network busy.
+PERMANENT_DELIVERY_ERROR_CODES = {
+    30003,  # unreachable handset
+    30004,  # message blocked (the recipient or the carrier)
+    30005,  # unknown destination handset
+    30006,  # landline or unreachable carrier
+    30007,  # carrier filtered it as spam
+    30008,  # Twilio's catch-all; final so a patient is not texted again and again
+}
+
+
+class _RecordingHttpClient(TwilioHttpClient):
+    # TwilioRestException carries no response headers, so the Retry-After of a 429 would be
+    # lost. One client per send keeps this free of races between threads.
+    last_response = None
+
+    def request(self, *args, **kwargs):
+        self.last_response = super().request(*args, **kwargs)
+        return self.last_response
+
+
+class TwilioSMSChannel(Channel):
+    """Sends an SMS; returns the Message SID. Raises ChannelError, or OutcomeUnknown when the
+    request may have reached Twilio but no answer came back (Twilio has no idempotency key)."""
+
+    name = "sms"
+    # One number for connect and read: twilio's HttpClient rejects a (connect, read) tuple.
+    timeout_seconds = 15.0
+
+    def send(self, message: OutgoingMessage) -> str:
+        if len(message.body) > MAX_BODY_CHARS:
+            raise ChannelError(f"SMS body over {MAX_BODY_CHARS} characters", permanent=True)
+
+        if settings.TWILIO_FROM_NUMBER:
+            sender = {"from_": settings.TWILIO_FROM_NUMBER}
+        elif settings.TWILIO_MESSAGING_SERVICE_SID:
+            sender = {"messaging_service_sid": settings.TWILIO_MESSAGING_SERVICE_SID}
+        else:
+            raise ChannelError("no TWILIO_FROM_NUMBER or MESSAGING_SERVICE_SID", permanent=True)
+
+        http_client = _RecordingHttpClient(timeout=self.timeout_seconds)
+        client = self._client(http_client)
+        try:
+            created = client.messages.create(
+                to=message.to,
+                body=message.body,
+                status_callback=f"{settings.PUBLIC_BASE_URL}/webhooks/twilio/status/",
+                **sender,
+            )
+        except TwilioRestException as exc:
+            raise _rest_error(exc, http_client.last_response) from exc
+        except requests.RequestException as exc:
+            raise _transport_error(exc, message) from exc
+        return created.sid
+
+    @staticmethod
+    def _client(http_client: TwilioHttpClient) -> Client:
+        client = Client(
+            settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client
+        )
+        if settings.TWILIO_API_BASE_URL:
+            # The SDK builds every Messages URL from the Api domain's base_url. Client reads
+            # TWILIO_EDGE/TWILIO_REGION from os.environ even when they are passed as None, and
+            # with either set it rewrites the host to "<host>.<edge>.<region>.<tld>": clear them.
+            client.edge = None
+            client.region = None
+            client.api.base_url = settings.TWILIO_API_BASE_URL.rstrip("/")
+        return client
+
+
+def _rest_error(exc: TwilioRestException, response) -> ChannelError:
+    # Only status and code go into the error: Twilio's message text quotes the phone number.
+    status, code = exc.status, exc.code
+    text = f"Twilio HTTP {status}, error {code}"
+    if status == 429 or code in TRANSIENT_ERROR_CODES:
+        headers = getattr(response, "headers", None) or {}
+        return ChannelError(text, permanent=False, retry_after=_seconds(headers.get("Retry-After")))
+    if status >= 500:
+        return ChannelError(text, permanent=False)
+    # 401/403 (wrong credentials, suspended account) also land here: no retry of this message
+    # can succeed until staff fix the account, so it falls through to the next channel.
+    return ChannelError(text, permanent=True)
+
+
+def _transport_error(exc: requests.RequestException, message: OutgoingMessage) -> Exception:
+    # Resending is only safe when the request certainly never left: a refused connection, a
+    # failed DNS lookup, a connect timeout, a TLS handshake failure. Everything else (a read
+    # timeout, a connection dropped mid-answer) may have created the message at Twilio, and
+    # Twilio has no idempotency key to make a resend harmless.
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return ChannelError(f"Twilio unreachable: {type(exc).__name__}", permanent=False)
+    if isinstance(exc, requests.ConnectionError) and _never_connected(exc):
+        return ChannelError("Twilio unreachable: no connection", permanent=False)
+    logger.warning("sms outcome unknown message=%s error=%s", message.id, type(exc).__name__)
+    return OutcomeUnknown(f"Twilio may have the message: {type(exc).__name__}")
+
+
+def _never_connected(exc: BaseException) -> bool:
+    # requests wraps urllib3's MaxRetryError, whose `reason` is the NewConnectionError
+    # (NameResolutionError is a subclass) raised before a byte was written.
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, NewConnectionError):
+            return True
+        reason = getattr(exc, "reason", None)
+        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = reason if isinstance(reason, BaseException) else inner or exc.__cause__
+    return False
+
+
+def _seconds(value) -> float | None:
+    try:
+        return max(float(value), 0.0)
+    except (TypeError, ValueError):
+        return None  # absent, or an HTTP date: let the outbox use its own backoff
