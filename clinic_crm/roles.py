@@ -14,6 +14,11 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "consent.view_consententry",
         "consent.add_consententry",
         "consent.view_consentstate",
+        "campaigns.view_rule",
+        "campaigns.view_skip",
+        "reminders.view_outboxmessage",
+        "reminders.view_stafftask",
+        "reminders.change_stafftask",
     ],
 }
 ROLE_PERMISSIONS[CLINIC_MANAGER] = [
@@ -23,6 +28,13 @@ ROLE_PERMISSIONS[CLINIC_MANAGER] = [
     "patients.add_condition",
     "patients.change_condition",
     "patients.view_auditentry",
+    *(
+        f"campaigns.{verb}_{model}"
+        for model in ("rule", "messagetemplate")
+        for verb in ("view", "add", "change")
+    ),
+    "campaigns.view_messagetemplate",
+    "reminders.view_attempt",
 ]
 
 
@@ -40,10 +52,12 @@ def sync_roles(apps, schema_editor=None) -> None:
     Permission = apps.get_model("auth", "Permission")
     for name, codenames in ROLE_PERMISSIONS.items():
         group, _ = Group.objects.get_or_create(name=name)
-        perms = []
-        for dotted in codenames:
-            app_label, codename = dotted.split(".")
-            perms.append(
-                Permission.objects.get(content_type__app_label=app_label, codename=codename)
-            )
+        wanted = {tuple(dotted.split(".")) for dotted in codenames}
+        # Only models that exist at this point of the migration history; a later migration
+        # of the app that adds a model calls this again.
+        perms = [
+            p
+            for p in Permission.objects.select_related("content_type")
+            if (p.content_type.app_label, p.codename) in wanted
+        ]
         group.permissions.set(perms)

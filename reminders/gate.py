@@ -1,0 +1,89 @@
+"""The send gate, checked again just before a message leaves: the world may have moved since
+it was planned (consent withdrawn, appointment moved, refill already picked up, night fell)."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Max
+
+from campaigns.sendwindow import next_send_time
+from consent.selectors import may_contact
+from patients.models import Appointment, ClinicProfile
+from reminders.models import OutboxMessage, Status
+
+SENT = [Status.SENT, Status.DELIVERED, Status.UNKNOWN]
+CAP_WINDOW = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`send`, or `wait` until `until`, or `drop` for `reason`, or `switch` channel (consent)."""
+
+    action: str
+    reason: str = ""
+    until: datetime | None = None
+
+
+SEND = Verdict("send")
+
+
+def _subject_gone(message: OutboxMessage) -> str:
+    """Why what the message is about no longer holds, or ""."""
+    if appointment := message.appointment:
+        if appointment.status not in (Appointment.Status.BOOKED, Appointment.Status.CONFIRMED):
+            return f"appointment {appointment.status}"
+        if appointment.starts_at != message.anchor_at:
+            return "appointment rescheduled"
+        if message.rule.asks_confirmation and appointment.status == Appointment.Status.CONFIRMED:
+            return "appointment already confirmed"
+    if message.refill_window and message.refill_window.picked_up_on:
+        return "refill already picked up"
+    if message.prescription and message.anchor_at and not message.prescription.dose_reminders:
+        return "dose reminders turned off"
+    return ""
+
+
+def message_gate(*, message: OutboxMessage, now: datetime, profile: ClinicProfile) -> Verdict:
+    """What to do with a claimed message at `now`. Reads fresh data; writes nothing."""
+    if now >= message.expires_at:
+        return Verdict("drop", "stale: no longer useful")
+    if reason := _subject_gone(message):
+        return Verdict("drop", reason)
+    decision = may_contact(
+        patient=message.patient, purpose=message.purpose, channel=message.channel
+    )
+    if not decision.allowed:
+        return Verdict("switch", decision.reason)
+    if message.purpose == "relationship":
+        recent = (
+            OutboxMessage.objects.filter(
+                patient_id=message.patient_id,
+                purpose="relationship",
+                status__in=SENT,
+                sent_at__gte=now - CAP_WINDOW,
+            )
+            .exclude(pk=message.pk)
+            .count()
+        )
+        if recent >= settings.RELATIONSHIP_MESSAGES_PER_30_DAYS:
+            return Verdict("drop", "frequency cap reached")
+    opens = next_send_time(now, profile)
+    if opens > now:
+        return _wait_or_stale(opens, message)
+    gap = timedelta(minutes=settings.MESSAGE_GAP_MINUTES)
+    last = (
+        OutboxMessage.objects.filter(patient_id=message.patient_id, status__in=SENT)
+        .exclude(pk=message.pk)
+        .aggregate(last=Max("sent_at"))["last"]
+    )
+    if last and now < last + gap:
+        # One message at a time: the next waits, in priority order, instead of piling up.
+        return _wait_or_stale(next_send_time(last + gap, profile), message)
+    return SEND
+
+
+def _wait_or_stale(until: datetime, message: OutboxMessage) -> Verdict:
+    if until >= message.expires_at:
+        return Verdict("drop", "stale: the send window opens too late")
+    return Verdict("wait", until=until)

@@ -1,0 +1,157 @@
+import uuid
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from clinic_crm.fields import EncryptedCharField, EncryptedTextField
+from consent.models import Channel, Purpose
+from patients.models import Appointment, Patient, Prescription, Procedure, RefillWindow
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", _("queued")
+    SENDING = "sending", _("sending")
+    SENT = "sent", _("sent")
+    DELIVERED = "delivered", _("delivered")
+    FAILED = "failed", _("failed")
+    DROPPED = "dropped", _("dropped")
+    UNKNOWN = "unknown", _("unknown: check with the provider")
+
+
+FINAL = [Status.SENT, Status.DELIVERED, Status.FAILED, Status.DROPPED, Status.UNKNOWN]
+
+
+class OutboxMessage(models.Model):
+    """One message to one patient for one occurrence of one rule: sent at most once."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    rule = models.ForeignKey(
+        "campaigns.Rule", on_delete=models.PROTECT, related_name="messages", verbose_name=_("rule")
+    )
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="messages", verbose_name=_("patient")
+    )
+    occurrence_key = models.CharField(_("occurrence"), max_length=120)
+    purpose = models.CharField(_("purpose"), max_length=16, choices=Purpose.choices)
+    channel = models.CharField(_("channel"), max_length=8, choices=Channel.choices)
+    channels_left = models.JSONField(
+        default=list, help_text="Channels still to try, in order, if this one fails for good."
+    )
+    # {"line": ["subject", "body"], ...} for channels_left, rendered when planned. Encrypted:
+    # the texts name the patient.
+    fallbacks = EncryptedTextField(blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED
+    )
+    priority = models.PositiveSmallIntegerField(default=50)
+    due_at = models.DateTimeField(_("due at"))
+    next_attempt_at = models.DateTimeField(_("next attempt at"))
+    expires_at = models.DateTimeField(_("useful until"))
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claim = models.CharField(max_length=32, blank=True, help_text="Which dispatch run holds it.")
+    provider_id = models.CharField(_("provider id"), max_length=100, blank=True)
+    error = models.CharField(_("error or reason"), max_length=300, blank=True)
+    subject = EncryptedCharField(_("subject"), max_length=150, blank=True)
+    body = EncryptedTextField(_("text"))
+    # What the message is about, re-checked just before sending (cancelled, rescheduled, …).
+    appointment = models.ForeignKey(Appointment, on_delete=models.PROTECT, null=True, blank=True)
+    procedure = models.ForeignKey(Procedure, on_delete=models.PROTECT, null=True, blank=True)
+    prescription = models.ForeignKey(Prescription, on_delete=models.PROTECT, null=True, blank=True)
+    refill_window = models.ForeignKey(RefillWindow, on_delete=models.PROTECT, null=True, blank=True)
+    anchor_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-due_at"]
+        verbose_name = _("message")
+        verbose_name_plural = _("outbox")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rule", "patient", "occurrence_key"], name="message_once_per_occurrence"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at", "priority"],
+                condition=models.Q(status="queued"),
+                name="message_due",
+            ),
+            models.Index(
+                fields=["claimed_at"], condition=models.Q(status="sending"), name="message_sending"
+            ),
+            models.Index(fields=["patient", "-created_at"], name="message_patient_recent"),
+            models.Index(fields=["provider_id"], name="message_provider_id"),
+        ]
+
+    def __str__(self):
+        return f"{self.rule} → {self.patient} ({self.channel}, {self.status})"
+
+
+class Attempt(models.Model):
+    """One hand-over to a provider. Written before the call, so a crash mid-send is visible."""
+
+    class Outcome(models.TextChoices):
+        STARTED = "started", _("started (no answer recorded)")
+        SENT = "sent", _("accepted by the provider")
+        TRANSIENT = "transient", _("temporary error")
+        PERMANENT = "permanent", _("permanent error")
+        UNKNOWN = "unknown", _("outcome unknown")
+
+    message = models.ForeignKey(
+        OutboxMessage, on_delete=models.CASCADE, related_name="attempts_log"
+    )
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.STARTED)
+    error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["started_at"]
+        verbose_name = _("delivery attempt")
+        verbose_name_plural = _("delivery attempts")
+
+    def __str__(self):
+        return f"{self.channel} {self.outcome}"
+
+
+class StaffTask(models.Model):
+    """Work for a person, such as the post-op phone call the SOP wants on day 1–3."""
+
+    class Kind(models.TextChoices):
+        POSTOP_CALL = "postop_call", _("post-op phone call")
+        REVIEW_UNKNOWN = "review_unknown", _("check a message whose outcome is unknown")
+
+    kind = models.CharField(_("task"), max_length=20, choices=Kind.choices)
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="staff_tasks", verbose_name=_("patient")
+    )
+    procedure = models.ForeignKey(Procedure, on_delete=models.PROTECT, null=True, blank=True)
+    message = models.ForeignKey(OutboxMessage, on_delete=models.PROTECT, null=True, blank=True)
+    due_on = models.DateField(_("from"))
+    until = models.DateField(_("until"))
+    done_at = models.DateTimeField(_("done at"), null=True, blank=True)
+    note = models.CharField(_("note"), max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["done_at", "due_on"]
+        verbose_name = _("staff task")
+        verbose_name_plural = _("staff tasks")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "procedure"],
+                condition=models.Q(procedure__isnull=False),
+                name="task_once_per_procedure",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "message"],
+                condition=models.Q(message__isnull=False),
+                name="task_once_per_message",
+            ),
+        ]
+
+    def __str__(self):
+        return self.get_kind_display()

@@ -1,0 +1,250 @@
+"""The outbox: claiming due messages, sending them once, and recovering from crashes.
+
+A message moves queued → sending (claimed) → sent | queued (retry, wait, next channel) |
+failed | dropped | unknown. The claim is one conditional UPDATE, so two workers never hold the
+same row. An Attempt row is committed *before* the provider is called: if the process dies
+mid-send, recovery finds the attempt without an outcome and, for SMS and e-mail (no
+idempotency key), marks the message `unknown` for a person to check instead of sending it twice.
+LINE pushes carry the message uuid as X-Line-Retry-Key, so those are safely retried.
+"""
+
+import json
+import logging
+import time as clock
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+from django.utils.html import escape, linebreaks
+
+from consent.models import Channel
+from patients.models import ClinicProfile
+from reminders.channels.base import ChannelError, OutcomeUnknown, OutgoingMessage, get_channel
+from reminders.gate import message_gate
+from reminders.models import Attempt, OutboxMessage, StaffTask, Status
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+BACKOFF_BASE = timedelta(minutes=1)
+BACKOFF_MAX = timedelta(hours=1)
+# Longer than any one send can take (provider timeouts are ~10 s), so a live sender's claim is
+# never taken for a dead one's.
+CLAIM_LEASE = timedelta(minutes=5)
+# Providers whose API dedupes a resend of the same message (LINE: X-Line-Retry-Key).
+IDEMPOTENT_CHANNELS = {Channel.LINE}
+ADDRESS = {Channel.SMS: "phone", Channel.LINE: "line_user_id", Channel.EMAIL: "email"}
+
+
+def messages_claim(*, now: datetime, limit: int) -> list[OutboxMessage]:
+    """Take up to `limit` due messages for this caller alone, at most one per patient."""
+    busy = OutboxMessage.objects.filter(patient_id=OuterRef("patient_id"), status=Status.SENDING)
+    candidates = (
+        OutboxMessage.objects.filter(status=Status.QUEUED, next_attempt_at__lte=now)
+        .exclude(Exists(busy))
+        .order_by("priority", "next_attempt_at", "id")
+        .values_list("id", "patient_id")[: limit * 2]
+    )
+    ids, patients = [], set()
+    for message_id, patient_id in candidates:
+        if patient_id not in patients and len(ids) < limit:
+            patients.add(patient_id)
+            ids.append(message_id)
+    token = uuid.uuid4().hex
+    # The WHERE re-checks the status: of two workers racing for a row, exactly one flips it.
+    OutboxMessage.objects.filter(pk__in=ids, status=Status.QUEUED).update(
+        status=Status.SENDING, claim=token, claimed_at=now
+    )
+    return list(
+        OutboxMessage.objects.filter(claim=token, status=Status.SENDING)
+        .select_related("patient", "rule", "appointment", "refill_window", "prescription")
+        .order_by("priority", "next_attempt_at", "id")
+    )
+
+
+def _finish(message: OutboxMessage, **changes) -> None:
+    for name, value in changes.items():
+        setattr(message, name, value)
+    message.claim = ""
+    message.save(update_fields=[*changes, "claim"])
+
+
+def _outgoing(message: OutboxMessage) -> OutgoingMessage:
+    address = getattr(message.patient, ADDRESS[message.channel])
+    html = linebreaks(escape(message.body)) if message.channel == Channel.EMAIL else ""
+    return OutgoingMessage(
+        id=message.uuid,
+        channel=message.channel,
+        to=address,
+        body=message.body,
+        subject=message.subject,
+        html_body=html,
+    )
+
+
+def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfile) -> str:
+    """Gate, send and record one claimed message; returns what happened (a Status value or
+    "waiting"). Never raises for a provider failure: that is recorded on the message."""
+    verdict = message_gate(message=message, now=now, profile=profile)
+    if verdict.action == "drop":
+        _finish(message, status=Status.DROPPED, error=verdict.reason)
+        return Status.DROPPED
+    if verdict.action == "wait":
+        _finish(message, status=Status.QUEUED, next_attempt_at=verdict.until)
+        return "waiting"
+    if verdict.action == "switch":
+        return _next_channel(message, now=now, reason=f"{message.channel}: {verdict.reason}")
+
+    attempt = Attempt.objects.create(message=message, channel=message.channel, started_at=now)
+    try:
+        provider_id = get_channel(message.channel).send(_outgoing(message))
+    except OutcomeUnknown as exc:
+        return _unknown(message, attempt, str(exc))
+    except ChannelError as exc:
+        _close(
+            attempt, Attempt.Outcome.PERMANENT if exc.permanent else Attempt.Outcome.TRANSIENT, exc
+        )
+        if exc.permanent:
+            return _next_channel(message, now=now, reason=f"{message.channel}: {exc}")
+        return _retry_later(message, now=now, error=exc)
+    _close(attempt, Attempt.Outcome.SENT)
+    _finish(
+        message,
+        status=Status.SENT,
+        provider_id=provider_id[:100],
+        sent_at=timezone.now(),
+        attempts=message.attempts + 1,
+        error="",
+    )
+    return Status.SENT
+
+
+def _close(attempt: Attempt, outcome: str, error: Exception | None = None) -> None:
+    attempt.outcome, attempt.finished_at = outcome, timezone.now()
+    attempt.error = str(error or "")[:300]
+    attempt.save(update_fields=["outcome", "finished_at", "error"])
+
+
+def _unknown(message: OutboxMessage, attempt: Attempt, error: str) -> str:
+    with transaction.atomic():
+        _close(attempt, Attempt.Outcome.UNKNOWN, Exception(error))
+        _finish(message, status=Status.UNKNOWN, attempts=message.attempts + 1, error=error[:300])
+        today = timezone.localdate()
+        StaffTask.objects.get_or_create(
+            kind=StaffTask.Kind.REVIEW_UNKNOWN,
+            message=message,
+            defaults={"patient_id": message.patient_id, "due_on": today, "until": today},
+        )
+    return Status.UNKNOWN
+
+
+def _retry_later(message: OutboxMessage, *, now: datetime, error: ChannelError) -> str:
+    attempts = message.attempts + 1
+    delay = min(BACKOFF_BASE * 2 ** (attempts - 1), BACKOFF_MAX)
+    if error.retry_after:
+        delay = max(delay, timedelta(seconds=error.retry_after))
+    retry_at = now + delay
+    if attempts >= MAX_ATTEMPTS or retry_at >= message.expires_at:
+        _finish(message, status=Status.FAILED, attempts=attempts, error=str(error)[:300])
+        return Status.FAILED
+    _finish(
+        message,
+        status=Status.QUEUED,
+        attempts=attempts,
+        next_attempt_at=retry_at,
+        error=str(error)[:300],
+    )
+    return "retrying"
+
+
+def _next_channel(message: OutboxMessage, *, now: datetime, reason: str) -> str:
+    """Fall through to the next channel of the rule that has a text; fail when none is left."""
+    fallbacks = json.loads(message.fallbacks or "{}")
+    remaining = list(message.channels_left)
+    while remaining:
+        channel = remaining.pop(0)
+        if channel in fallbacks:
+            subject, body = fallbacks[channel]
+            _finish(
+                message,
+                channel=channel,
+                channels_left=remaining,
+                subject=subject,
+                body=body,
+                status=Status.QUEUED,
+                next_attempt_at=now,
+                error=reason[:300],
+            )
+            return "next channel"
+    _finish(message, status=Status.FAILED, error=reason[:300])
+    return Status.FAILED
+
+
+def messages_recover(*, now: datetime) -> Counter:
+    """Settle messages whose sender died mid-claim (held longer than CLAIM_LEASE)."""
+    results = Counter()
+    stuck = OutboxMessage.objects.filter(status=Status.SENDING, claimed_at__lt=now - CLAIM_LEASE)
+    for message in stuck.select_related("patient"):
+        started = message.attempts_log.filter(outcome=Attempt.Outcome.STARTED).last()
+        if started is None or message.channel in IDEMPOTENT_CHANNELS:
+            # Nothing reached a provider, or the provider dedupes a resend: try again.
+            if started is not None:
+                _close(started, Attempt.Outcome.UNKNOWN, Exception("sender died; retried"))
+            _finish(message, status=Status.QUEUED, next_attempt_at=now)
+            results["requeued"] += 1
+        else:
+            _unknown(message, started, "sender died during the send; check with the provider")
+            results[Status.UNKNOWN] += 1
+    return results
+
+
+class RateLimiter:
+    """At most `per_second` sends per channel from this process."""
+
+    def __init__(self, per_second: dict[str, float]):
+        self.interval = {ch: 1.0 / rate for ch, rate in per_second.items() if rate > 0}
+        self.next_slot: dict[str, float] = {}
+
+    def wait(self, channel: str) -> None:
+        interval = self.interval.get(channel)
+        if not interval:
+            return
+        now = clock.monotonic()
+        slot = max(now, self.next_slot.get(channel, now))
+        self.next_slot[channel] = slot + interval
+        if slot > now:
+            clock.sleep(slot - now)
+
+
+def messages_dispatch(*, batch_size: int = 50, time_budget: float = 50.0) -> Counter:
+    """Send what is due until nothing is or `time_budget` seconds have passed."""
+    deadline = clock.monotonic() + time_budget
+    results = messages_recover(now=timezone.now())
+    profile = ClinicProfile.load()
+    workers = max(1, settings.Q_CLUSTER.get("workers", 1))
+    # Each worker takes its share of the channel's limit, so all together stay under it.
+    limiter = RateLimiter({ch: rate / workers for ch, rate in settings.CHANNEL_RATE_LIMITS.items()})
+    while clock.monotonic() < deadline:
+        claimed = messages_claim(now=timezone.now(), limit=batch_size)
+        if not claimed:
+            break
+        for index, message in enumerate(claimed):
+            if clock.monotonic() >= deadline:
+                _release(claimed[index:])
+                break
+            limiter.wait(message.channel)
+            results[message_send(message=message, now=timezone.now(), profile=profile)] += 1
+    return results
+
+
+def _release(messages: list[OutboxMessage]) -> None:
+    """Hand back claimed messages this run won't reach (no attempt was made on them)."""
+    OutboxMessage.objects.filter(
+        pk__in=[m.pk for m in messages],
+        status=Status.SENDING,
+        claim__in={m.claim for m in messages},
+    ).update(status=Status.QUEUED, claim="")
