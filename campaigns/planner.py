@@ -432,7 +432,9 @@ def _render_all(rule, to_queue, profile, result, skips, now) -> list[OutboxMessa
             rule=rule, patient=patient, profile=profile, refs=related(due.refs), due=due
         )
         order = channel_order_for(rule, patient.preferred_channel)
-        later = order[order.index(channel) + 1 :]
+        # Every other channel of the rule, in order: one without consent today may have it by
+        # the time the first fails (the gate checks again before each try).
+        later = [other for other in order if other != channel]
         try:
             texts = _texts(templates, channel, patient.preferred_language, context)
             fallbacks = {

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
 
 from consent.models import Channel, ConsentState
 from patients.models import Patient
@@ -60,7 +60,7 @@ def contactable_q(*, purpose: str, channel: str, patient_ref: str = "pk") -> Q:
     `patient_ref` names the patient's primary key in the queryset being filtered (for example
     "patient_id" when filtering appointments).
     """
-    prefix = "" if patient_ref == "pk" else patient_ref.removesuffix("_id") + "__"
+    prefix = "" if patient_ref == "pk" else patient_prefix(patient_ref)
     granted = ConsentState.objects.filter(
         patient_id=OuterRef(patient_ref), purpose=purpose, channel=channel, granted=True
     )
@@ -71,3 +71,50 @@ def contactable_q(*, purpose: str, channel: str, patient_ref: str = "pk") -> Q:
 
 def contactable_patients(*, purpose: str, channel: str) -> QuerySet[Patient]:
     return Patient.objects.filter(contactable_q(purpose=purpose, channel=channel))
+
+
+def patient_prefix(patient_ref: str) -> str:
+    """Lookup prefix to the patient from a patient id path: "patient_id" → "patient__"."""
+    path = patient_ref.removesuffix("id").removesuffix("_")
+    return f"{path}__" if path else ""
+
+
+def consent_annotations(*, purpose: str, channels: list[str], patient_ref: str) -> dict:
+    """Per-channel facts `choose_channel` needs, as annotations for one set-based query.
+
+    `patient_ref` is the path to the patient from the queried model ("id", "patient_id" or
+    "prescription__patient_id"); the annotations are named `<channel>_granted`,
+    `<channel>_withdrawn`, `<channel>_address` plus `erased`.
+    """
+    prefix = patient_prefix(patient_ref)
+    states = ConsentState.objects.filter(patient_id=OuterRef(patient_ref), purpose=purpose)
+    annotations = {
+        "erased": ExpressionWrapper(
+            Q(**{f"{prefix}erased_at__isnull": False}), output_field=BooleanField()
+        )
+    }
+    for channel in channels:
+        annotations[f"{channel}_granted"] = Exists(states.filter(channel=channel, granted=True))
+        annotations[f"{channel}_withdrawn"] = Exists(states.filter(channel=channel, granted=False))
+        annotations[f"{channel}_address"] = ExpressionWrapper(
+            Q(**{f"{prefix}{CONTACT_POINT[channel]}__isnull": False}), output_field=BooleanField()
+        )
+    return annotations
+
+
+def choose_channel(row: dict, channels: list[str]) -> Decision:
+    """First channel in `channels` the annotated `row` may be contacted on.
+
+    Returns Decision(True, channel) or Decision(False, reason), with the same reasons and
+    precedence as `may_contact`.
+    """
+    if row["erased"]:
+        return Decision(False, Reason.ERASED)
+    for channel in channels:
+        if row[f"{channel}_granted"] and row[f"{channel}_address"]:
+            return Decision(True, channel)
+    if any(row[f"{channel}_granted"] for channel in channels):
+        return Decision(False, Reason.NO_CONTACT_POINT)
+    if any(row[f"{channel}_withdrawn"] for channel in channels):
+        return Decision(False, Reason.WITHDRAWN)
+    return Decision(False, Reason.NO_CONSENT)

@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from django.db import transaction
+from django.db import NotSupportedError, router, transaction
 from django.utils import timezone
 
 from consent.models import Action, Channel, ConsentEntry, ConsentState, Purpose, Source
@@ -84,3 +84,76 @@ def consent_withdraw_all(
         )
         count += 1
     return count
+
+
+# Rows per INSERT statement, and patients per "already has a state?" query.
+BULK_BATCH = 2000
+LOOKUP_BATCH = 500
+
+
+@transaction.atomic
+def consent_bulk_record(*, entries: list[ConsentEntry]) -> int:
+    """Append many unsaved ledger entries at once and create the current state they lead to.
+
+    Meant for imports and seeding, for patients with no consent on record yet: per patient ×
+    purpose × channel the newest entry becomes the state (on equal times, the later one in
+    `entries`). Returns how many entries were written. Raises ValueError for an unknown
+    purpose, channel, action or source, or when a patient already has a state for a purpose ×
+    channel in `entries` (record those with `consent_record`, which merges with what exists);
+    NotSupportedError on a database that doesn't return ids from a bulk insert.
+    """
+    if not entries:
+        return 0
+    allowed = [
+        (kind, frozenset(choices.values))
+        for kind, choices in (
+            ("purpose", Purpose),
+            ("channel", Channel),
+            ("action", Action),
+            ("source", Source),
+        )
+    ]
+    for entry in entries:
+        values = (entry.purpose, entry.channel, entry.action, entry.source)
+        for value, (kind, known) in zip(values, allowed, strict=True):
+            if value not in known:
+                raise ValueError(f"unknown {kind}: {value!r}")
+    # Each state points at its entry, so the entries' ids must come back from the INSERT.
+    db = router.db_for_write(ConsentEntry)
+    if not transaction.get_connection(db).features.can_return_rows_from_bulk_insert:
+        raise NotSupportedError("consent_bulk_record needs ids back from bulk inserts")
+    # Entries may have been built around patients saved afterwards; bulk_create fills in their
+    # patient_id, which is why the clash check below comes after it (the rollback undoes it).
+    ConsentEntry.objects.bulk_create(entries, batch_size=BULK_BATCH)
+    latest: dict[tuple[int, str, str], ConsentEntry] = {}
+    for entry in entries:
+        key = (entry.patient_id, entry.purpose, entry.channel)
+        current = latest.get(key)
+        if current is None or entry.recorded_at >= current.recorded_at:
+            latest[key] = entry
+    patient_ids = sorted({patient_id for patient_id, _purpose, _channel in latest})
+    for start in range(0, len(patient_ids), LOOKUP_BATCH):
+        existing = ConsentState.objects.filter(
+            patient_id__in=patient_ids[start : start + LOOKUP_BATCH]
+        ).values_list("patient_id", "purpose", "channel")
+        for key in existing:
+            if key in latest:
+                raise ValueError(
+                    f"patient {key[0]} already has a {key[1]}/{key[2]} consent state; "
+                    "use consent_record"
+                )
+    ConsentState.objects.bulk_create(
+        [
+            ConsentState(
+                patient_id=patient_id,
+                purpose=purpose,
+                channel=channel,
+                granted=entry.action == Action.GRANT,
+                entry=entry,
+                changed_at=entry.recorded_at,
+            )
+            for (patient_id, purpose, channel), entry in latest.items()
+        ],
+        batch_size=BULK_BATCH,
+    )
+    return len(entries)

@@ -37,6 +37,7 @@ BACKOFF_MAX = timedelta(hours=1)
 CLAIM_LEASE = timedelta(minutes=5)
 # Providers whose API dedupes a resend of the same message (LINE: X-Line-Retry-Key).
 IDEMPOTENT_CHANNELS = {Channel.LINE}
+IDEMPOTENCY_WINDOW = timedelta(hours=23)
 ADDRESS = {Channel.SMS: "phone", Channel.LINE: "line_user_id", Channel.EMAIL: "email"}
 
 
@@ -97,7 +98,8 @@ def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
         _finish(message, status=Status.QUEUED, next_attempt_at=verdict.until)
         return "waiting"
     if verdict.action == "switch":
-        return _next_channel(message, now=now, reason=f"{message.channel}: {verdict.reason}")
+        reason = f"{message.channel}: {verdict.reason}"
+        return _next_channel(message, now=now, reason=reason, exhausted=Status.DROPPED)
 
     attempt = Attempt.objects.create(message=message, channel=message.channel, started_at=now)
     try:
@@ -109,7 +111,8 @@ def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
             attempt, Attempt.Outcome.PERMANENT if exc.permanent else Attempt.Outcome.TRANSIENT, exc
         )
         if exc.permanent:
-            return _next_channel(message, now=now, reason=f"{message.channel}: {exc}")
+            reason = f"{message.channel}: {exc}"
+            return _next_channel(message, now=now, reason=reason, exhausted=Status.FAILED)
         return _retry_later(message, now=now, error=exc)
     _close(attempt, Attempt.Outcome.SENT)
     _finish(
@@ -161,9 +164,13 @@ def _retry_later(message: OutboxMessage, *, now: datetime, error: ChannelError) 
     return "retrying"
 
 
-def _next_channel(message: OutboxMessage, *, now: datetime, reason: str) -> str:
-    """Fall through to the next channel of the rule that has a text; fail when none is left."""
+def _next_channel(message: OutboxMessage, *, now: datetime, reason: str, exhausted: str) -> str:
+    """Fall through to the next channel of the rule that has a text; when none is left the
+    message ends as `exhausted` (dropped when consent stopped it, failed when providers did).
+    The gate checks consent for the new channel when the message comes round again."""
     fallbacks = json.loads(message.fallbacks or "{}")
+    # Keep why each earlier channel was passed over: staff read the whole story on the row.
+    reason = "; ".join(filter(None, [message.error, reason]))
     remaining = list(message.channels_left)
     while remaining:
         channel = remaining.pop(0)
@@ -180,8 +187,17 @@ def _next_channel(message: OutboxMessage, *, now: datetime, reason: str) -> str:
                 error=reason[:300],
             )
             return "next channel"
-    _finish(message, status=Status.FAILED, error=reason[:300])
-    return Status.FAILED
+    _finish(message, status=exhausted, error=reason[:300])
+    return exhausted
+
+
+def _resend_is_deduped(message: OutboxMessage, now: datetime) -> bool:
+    """Whether the provider will drop a resend of `message` as a duplicate."""
+    if message.channel not in IDEMPOTENT_CHANNELS:
+        return False
+    first = message.attempts_log.filter(channel=message.channel).order_by("started_at").first()
+    # LINE remembers a retry key for 24 hours only.
+    return first is None or now - first.started_at < IDEMPOTENCY_WINDOW
 
 
 def messages_recover(*, now: datetime) -> Counter:
@@ -190,7 +206,7 @@ def messages_recover(*, now: datetime) -> Counter:
     stuck = OutboxMessage.objects.filter(status=Status.SENDING, claimed_at__lt=now - CLAIM_LEASE)
     for message in stuck.select_related("patient"):
         started = message.attempts_log.filter(outcome=Attempt.Outcome.STARTED).last()
-        if started is None or message.channel in IDEMPOTENT_CHANNELS:
+        if started is None or _resend_is_deduped(message, now):
             # Nothing reached a provider, or the provider dedupes a resend: try again.
             if started is not None:
                 _close(started, Attempt.Outcome.UNKNOWN, Exception("sender died; retried"))
