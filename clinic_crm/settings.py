@@ -144,13 +144,16 @@ REMINDER_CHANNELS = {
     if TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN
     else _CONSOLE,
     "line": "reminders.channels.line.LineChannel" if LINE_CHANNEL_ACCESS_TOKEN else _CONSOLE,
-    "email": "reminders.channels.email.EmailChannel",
+    "email": "reminders.channels.email.EmailChannel" if env_str("EMAIL_HOST") else _CONSOLE,
 }
 
 # Care rules: at most this many birthday / health-news messages per patient in 30 days, and
 # at least this many minutes between two messages to one patient.
 RELATIONSHIP_MESSAGES_PER_30_DAYS = int(env_str("RELATIONSHIP_MESSAGES_PER_30_DAYS", "2"))
 MESSAGE_GAP_MINUTES = int(env_str("MESSAGE_GAP_MINUTES", "30"))
+# A claimed message whose sender has been silent this long is settled by recovery. Longer
+# than any one send can take (provider timeouts are 15-20 s).
+DISPATCH_CLAIM_LEASE_SECONDS = int(env_str("DISPATCH_CLAIM_LEASE_SECONDS", "300"))
 # Sends per second per channel, all workers together ("sms=30,line=200,email=20").
 CHANNEL_RATE_LIMITS = {
     name.strip(): float(rate)
@@ -159,7 +162,11 @@ CHANNEL_RATE_LIMITS = {
     )
 }
 
-EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(env_str("EMAIL_PORT", "587"))
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "clinic@localhost")
 EMAIL_TIMEOUT = 20  # Django's SMTP backend otherwise waits forever on a dead server
 

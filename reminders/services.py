@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 BACKOFF_BASE = timedelta(minutes=1)
 BACKOFF_MAX = timedelta(hours=1)
-# Longer than any one send can take (provider timeouts are ~10 s), so a live sender's claim is
-# never taken for a dead one's.
-CLAIM_LEASE = timedelta(minutes=5)
 # Providers whose API dedupes a resend of the same message (LINE: X-Line-Retry-Key).
 IDEMPOTENT_CHANNELS = {Channel.LINE}
 IDEMPOTENCY_WINDOW = timedelta(hours=23)
@@ -201,9 +198,10 @@ def _resend_is_deduped(message: OutboxMessage, now: datetime) -> bool:
 
 
 def messages_recover(*, now: datetime) -> Counter:
-    """Settle messages whose sender died mid-claim (held longer than CLAIM_LEASE)."""
+    """Settle messages whose sender died mid-claim (held past DISPATCH_CLAIM_LEASE_SECONDS)."""
     results = Counter()
-    stuck = OutboxMessage.objects.filter(status=Status.SENDING, claimed_at__lt=now - CLAIM_LEASE)
+    lease = timedelta(seconds=settings.DISPATCH_CLAIM_LEASE_SECONDS)
+    stuck = OutboxMessage.objects.filter(status=Status.SENDING, claimed_at__lt=now - lease)
     for message in stuck.select_related("patient"):
         started = message.attempts_log.filter(outcome=Attempt.Outcome.STARTED).last()
         if started is None or _resend_is_deduped(message, now):

@@ -11,6 +11,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 
 from reminders.channels import memory
 from reminders.channels.base import ChannelError, OutcomeUnknown, OutgoingMessage, get_channel
+from reminders.channels.email import EmailChannel
 from reminders.channels.line import LineChannel
 from reminders.channels.memory import MemoryChannel
 from reminders.channels.sms_twilio import TwilioSMSChannel
@@ -319,7 +320,7 @@ def test_email_sends_text_with_html_alternative_and_returns_its_message_id(setti
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     message = email()
 
-    message_id = get_channel("email").send(message)
+    message_id = EmailChannel().send(message)
 
     [sent] = mail.outbox
     assert sent.subject == "回診提醒"
@@ -333,7 +334,7 @@ def test_email_sends_text_with_html_alternative_and_returns_its_message_id(setti
 def test_email_without_html_is_plain_text(settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
-    get_channel("email").send(email(html_body=""))
+    EmailChannel().send(email(html_body=""))
 
     assert mail.outbox[0].alternatives == []
 
@@ -353,7 +354,7 @@ def test_email_smtp_failures_are_classified(settings, monkeypatch, error, perman
     monkeypatch.setattr(FailingBackend, "error", error)
 
     with pytest.raises(ChannelError) as caught:
-        get_channel("email").send(email())
+        EmailChannel().send(email())
 
     assert caught.value.permanent is permanent
 
@@ -364,7 +365,7 @@ def test_email_smtp_server_down_is_transient(settings):
     settings.EMAIL_PORT = int(closed_port_url().rsplit(":", 1)[1])
 
     with pytest.raises(ChannelError) as caught:
-        get_channel("email").send(email())
+        EmailChannel().send(email())
 
     assert caught.value.permanent is False
 

@@ -29,6 +29,7 @@ from consent.services import consent_bulk_record
 from patients.models import (
     DEFAULT_DOSE_TIMES,
     Appointment,
+    ClinicProfile,
     Condition,
     ContactChannel,
     Language,
@@ -665,9 +666,21 @@ def next_chart_number() -> int:
 
 
 @transaction.atomic
+def _demo_clinic() -> None:
+    """A made-up clinic for the messages to sign with, unless one was already set up."""
+    profile = ClinicProfile.load()
+    if not profile.name:
+        profile.name = "安心家醫診所"
+        profile.phone = "02-2345-6789"
+        profile.address = "台北市中正區示範路 1 號"
+        profile.line_account_name = "@anxin-demo"
+        profile.save()
+
+
 def demo_seed(*, seed: int, count: int, today: date) -> Counter:
     """Write `count` synthetic patients and their records; returns rows written per kind."""
     condition_ids = dict(Condition.objects.values_list("code", "id"))
+    _demo_clinic()
     first_number = next_chart_number()
     counts: Counter = Counter(first=first_number, last=first_number + count - 1)
     patients = demo_patients(seed=seed, count=count, today=today, first_number=first_number)

@@ -1,0 +1,25 @@
+from django.core.management.base import BaseCommand
+from django_q.models import Schedule
+
+SCHEDULES = [
+    # name, task, every N minutes
+    ("plan care rules", "reminders.tasks.plan_task", 5),
+    ("dispatch messages", "reminders.tasks.dispatch_task", 1),
+]
+
+
+class Command(BaseCommand):
+    help = "Create or update the worker's schedules (planner every 5 minutes, dispatch every 1)."
+
+    def handle(self, *args, **options):
+        for name, func, minutes in SCHEDULES:
+            _schedule, created = Schedule.objects.update_or_create(
+                name=name,
+                defaults={
+                    "func": func,
+                    "schedule_type": Schedule.MINUTES,
+                    "minutes": minutes,
+                    "repeats": -1,
+                },
+            )
+            self.stdout.write(f"{'created' if created else 'kept'}: {name} every {minutes} min")

@@ -1,0 +1,13 @@
+"""django-q2 entry points. Thin: each is safe to run twice or at the same time as itself."""
+
+from campaigns.planner import plan_due_messages
+from reminders.services import messages_dispatch
+
+
+def plan_task() -> dict[str, int]:
+    results = plan_due_messages()
+    return {rule.name: result.queued for rule, result in results.items()}
+
+
+def dispatch_task() -> dict[str, int]:
+    return dict(messages_dispatch())
