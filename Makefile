@@ -15,11 +15,16 @@ $(DEPS): pyproject.toml
 
 messages: $(DEPS)
 	$(MANAGE) compilemessages --ignore=.venv --verbosity 0
+# The web admin and the django-q2 worker side by side; Ctrl-C stops both.
 run: $(DEPS) messages
 	$(MANAGE) migrate --verbosity 0
 	$(MANAGE) seed_demo --patients 500 --if-empty
+	$(MANAGE) setup_schedules
 	$(MANAGE) demo_admin
-	$(MANAGE) runserver 127.0.0.1:8000
+	trap 'kill 0' INT TERM EXIT; $(MANAGE) qcluster & $(MANAGE) runserver 127.0.0.1:8000
+
+worker: $(DEPS)
+	$(MANAGE) qcluster
 
 test: $(DEPS) messages
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)

@@ -52,6 +52,7 @@ def load_dotenv(path: Path) -> None:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.partition("=")
+        value = value.split(" #", 1)[0]  # a comment after the value, as in .env.example
         os.environ.setdefault(key.strip(), value.strip().strip("'\""))
 
 
