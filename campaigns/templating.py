@@ -52,6 +52,11 @@ def allowed_fields(kind: str | None) -> dict[str, tuple[str, ...]]:
 def _variables(source: str):
     parser = Parser([], builtins=_engine.template_builtins)
     for token in Lexer(source).tokenize():
+        if token.token_type == TokenType.TEXT and (
+            "{{" in token.contents or "{%" in token.contents
+        ):
+            # Django renders an unclosed tag as literal text; a patient would see the braces.
+            raise TemplateSyntaxError(f"unclosed tag in {token.contents.strip()[:40]!r}")
         if token.token_type == TokenType.VAR:
             yield FilterExpression(token.contents, parser)
         elif token.token_type == TokenType.BLOCK:

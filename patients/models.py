@@ -66,6 +66,13 @@ class ClinicProfile(models.Model):
     def __str__(self):
         return self.name or str(_("clinic profile"))
 
+    def clean(self):
+        super().clean()
+        if len(set(self.closed_weekdays or [])) >= 7:
+            raise ValidationError(
+                {"closed_weekdays": _("Leave at least one day open, or no message can go out.")}
+            )
+
     @classmethod
     def load(cls) -> "ClinicProfile":
         profile, _created = cls.objects.get_or_create(pk=1)

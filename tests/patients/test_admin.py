@@ -30,6 +30,9 @@ INLINES = [
     "visits",
     "prescriptions",
     "procedures",
+    # Read-only, added by reminders/admin.py; the admin still expects their management forms.
+    "messages",
+    "rule_skips",
 ]
 
 
@@ -337,3 +340,32 @@ def test_admin_switches_to_english_on_request(client):
     response = client.get(reverse("admin:login"), HTTP_ACCEPT_LANGUAGE="en")
 
     assert "Log in" in response.content.decode()
+
+
+def test_clinic_profile_cannot_close_every_day(manager, clinic):
+    data = {
+        "name": "安心診所",
+        "phone": "02-2345-6789",
+        "address": "",
+        "line_account_name": "",
+        "send_window_start": "09:00",
+        "send_window_end": "21:00",
+        "closed_weekdays": [str(day) for day in range(7)],
+    }
+
+    response = manager.post(reverse("admin:patients_clinicprofile_change", args=[clinic.pk]), data)
+
+    assert "closed_weekdays" in response.context["adminform"].form.errors
+
+
+def test_send_window_must_start_before_it_ends(manager, clinic):
+    data = {
+        "name": "安心診所",
+        "send_window_start": "21:00",
+        "send_window_end": "09:00",
+    }
+
+    response = manager.post(reverse("admin:patients_clinicprofile_change", args=[clinic.pk]), data)
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors

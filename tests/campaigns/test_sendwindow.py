@@ -1,0 +1,64 @@
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from campaigns.sendwindow import fit, next_send_time
+from patients.models import ClinicProfile
+
+TPE = ZoneInfo("Asia/Taipei")
+
+
+def taipei(*args):
+    return dt.datetime(*args, tzinfo=TPE)
+
+
+@pytest.fixture
+def profile():
+    return ClinicProfile(send_window_start=dt.time(9), send_window_end=dt.time(21))
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [
+        (taipei(2026, 11, 24, 8, 59), taipei(2026, 11, 24, 9, 0)),  # just before opening
+        (taipei(2026, 11, 24, 9, 0), taipei(2026, 11, 24, 9, 0)),  # the opening minute
+        (taipei(2026, 11, 24, 20, 59), taipei(2026, 11, 24, 20, 59)),  # last minute
+        (taipei(2026, 11, 24, 21, 0), taipei(2026, 11, 25, 9, 0)),  # closing: next morning
+        (taipei(2026, 11, 24, 23, 30), taipei(2026, 11, 25, 9, 0)),
+        (taipei(2026, 11, 25, 2, 0), taipei(2026, 11, 25, 9, 0)),  # after midnight
+    ],
+)
+def test_send_window_edges(profile, moment, expected):
+    assert next_send_time(moment, profile) == expected
+
+
+def test_utc_moments_are_judged_in_the_clinics_time_zone(profile):
+    # 13:30 UTC is 21:30 in Taipei: after the window.
+    moment = dt.datetime(2026, 11, 24, 13, 30, tzinfo=dt.UTC)
+
+    assert next_send_time(moment, profile) == taipei(2026, 11, 25, 9, 0)
+
+
+def test_closed_days_are_skipped(profile):
+    profile.closed_weekdays = [5, 6]  # weekend
+
+    friday_night = taipei(2026, 11, 27, 22, 0)
+
+    assert next_send_time(friday_night, profile) == taipei(2026, 11, 30, 9, 0)
+
+
+def test_a_message_that_would_arrive_after_it_is_useful_is_stale(profile):
+    dose_at = taipei(2026, 11, 24, 7, 0)
+
+    assert fit(taipei(2026, 11, 24, 6, 45), dose_at, profile) is None
+    assert fit(taipei(2026, 11, 24, 6, 45), taipei(2026, 11, 24, 12), profile) == taipei(
+        2026, 11, 24, 9, 0
+    )
+
+
+def test_a_clinic_closed_every_day_is_refused_not_looped(profile):
+    profile.closed_weekdays = list(range(7))
+
+    with pytest.raises(ValueError, match="every day"):
+        next_send_time(taipei(2026, 11, 24, 10), profile)
