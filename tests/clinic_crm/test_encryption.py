@@ -105,7 +105,7 @@ def test_sqlite_database_file_holds_no_plaintext(tmp_path):
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="pg_dump is PostgreSQL's")
 @pytest.mark.skipif(shutil.which("pg_dump") is None, reason="pg_dump is not installed")
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_postgresql_dump_holds_no_plaintext():
     # given: committed rows (transaction=True), so another connection can see them
     patient = PatientFactory(name=NAME, phone="0912-345-678", email=EMAIL, chart_no=CHART_NO)

@@ -305,7 +305,7 @@ def test_recover_leaves_live_claims_alone(notice):
     assert OutboxMessage.objects.get().status == Status.SENDING
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="needs concurrent connections")
 def test_two_dispatchers_at_once_send_each_message_once(memory_channels):
     ClinicProfile.load()

@@ -23,7 +23,7 @@ from reminders.models import OutboxMessage, Status
 from tests.factories import PatientFactory, grant
 
 pytestmark = [
-    pytest.mark.django_db(transaction=True),
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
     pytest.mark.skipif(
         connection.vendor != "postgresql", reason="the cluster needs a database it can share"
     ),
