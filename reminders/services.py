@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import DateTimeField, Exists, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import escape, linebreaks
 
@@ -262,3 +263,67 @@ def _release(messages: list[OutboxMessage]) -> None:
         status=Status.SENDING,
         claim__in={m.claim for m in messages},
     ).update(status=Status.QUEUED, claim="")
+
+
+def messages_settle_unknown(*, message_ids: list[int], sent: bool, actor, now: datetime) -> int:
+    """Record what staff confirmed with the provider about messages whose outcome was unknown.
+
+    Only messages still `unknown` change; returns how many did. Their review tasks are closed.
+    """
+    verdict = "sent" if sent else "not sent"
+    note = f"confirmed {verdict} with the provider by {actor.get_username()}"
+    with transaction.atomic():
+        ids = list(
+            OutboxMessage.objects.select_for_update()
+            .filter(pk__in=message_ids, status=Status.UNKNOWN)
+            .values_list("pk", flat=True)
+        )
+        if sent:
+            # The provider took it when it was last handed over, not when someone checked.
+            last_try = (
+                Attempt.objects.filter(message=OuterRef("pk"))
+                .order_by("-started_at")
+                .values("started_at")[:1]
+            )
+            changes = {
+                "status": Status.SENT,
+                "sent_at": Coalesce(Subquery(last_try), Value(now), output_field=DateTimeField()),
+            }
+        else:
+            changes = {"status": Status.FAILED}
+        OutboxMessage.objects.filter(pk__in=ids).update(**changes, error=note[:300])
+        StaffTask.objects.filter(
+            kind=StaffTask.Kind.REVIEW_UNKNOWN, message_id__in=ids, done_at__isnull=True
+        ).update(done_at=now)
+    log.info("%d unknown message(s) settled as %s by user %s", len(ids), verdict, actor.pk)
+    return len(ids)
+
+
+def tasks_mark_done(*, task_ids: list[int], now: datetime) -> int:
+    """Close the given staff tasks that are still open; returns how many were."""
+    return StaffTask.objects.filter(pk__in=task_ids, done_at__isnull=True).update(done_at=now)
+
+
+# Twilio MessageStatus values that end a message's story; earlier ones (queued, sent) are noise.
+DELIVERED_STATUSES = {"delivered", "read"}
+UNDELIVERED_STATUSES = {"undelivered", "failed"}
+
+
+def message_delivery_report(*, provider_id: str, provider_status: str, error_code: str = "") -> str:
+    """Apply a provider's delivery report; returns what changed ("" when nothing did).
+
+    Reports come more than once and out of order, so only a message still `sent` under this
+    provider id moves: to delivered, or on to its next channel when the SMS never arrived.
+    """
+    message = OutboxMessage.objects.filter(provider_id=provider_id, status=Status.SENT).first()
+    if message is None or not provider_id:
+        return ""
+    if provider_status in DELIVERED_STATUSES:
+        OutboxMessage.objects.filter(pk=message.pk, status=Status.SENT).update(
+            status=Status.DELIVERED, delivered_at=timezone.now()
+        )
+        return Status.DELIVERED
+    if provider_status in UNDELIVERED_STATUSES:
+        reason = f"{message.channel}: undelivered, error {error_code or 'unknown'}"
+        return _next_channel(message, now=timezone.now(), reason=reason, exhausted=Status.FAILED)
+    return ""
