@@ -1,3 +1,5 @@
+import datetime as dt
+
 import pytest
 from django.urls import reverse
 from django.utils import timezone
@@ -33,7 +35,7 @@ def sent_sms():
         provider_id="SM" + "a" * 32,
         due_at=now,
         next_attempt_at=now,
-        expires_at=now + timezone.timedelta(days=1),
+        expires_at=now + dt.timedelta(days=1),
         body="text",
     )
 
