@@ -1,0 +1,364 @@
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import JsonResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.text import capfirst
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_POST
+
+from campaigns.context import sample_context
+from campaigns.models import MessageTemplate, Rule, RuleKind, Skip
+from campaigns.templating import TemplateProblem, check_template, render, sms_size
+from consent.models import Channel
+from patients.admin_audit import AuditedAdminMixin
+from patients.models import ClinicProfile, Language, Patient
+
+# What staff type between list items: a comma, or the full-width comma and enumeration comma a
+# Chinese input method gives.
+LIST_SEPARATORS = ("，", "、", ";", "；")
+
+
+class CommaListField(forms.CharField):
+    """A JSON list typed as "1, 3, 7"; `item` turns each piece into a value or raises ValueError."""
+
+    default_error_messages = {
+        "invalid_item": _("Not understood: %(bad)s."),
+    }
+
+    def __init__(self, *, item=str, **kwargs):
+        self.item = item
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, list):
+            return ", ".join(str(v) for v in value)
+        return value
+
+    def to_python(self, value):
+        text = (value or "").strip().strip("[]")
+        for separator in LIST_SEPARATORS:
+            text = text.replace(separator, ",")
+        pieces = [piece.strip().strip("\"'") for piece in text.split(",")]
+        values, bad = [], []
+        for piece in filter(None, pieces):
+            try:
+                values.append(self.item(piece))
+            except ValueError:
+                bad.append(piece)
+        if bad:
+            raise ValidationError(
+                self.error_messages["invalid_item"], params={"bad": ", ".join(bad)}
+            )
+        return values
+
+
+def _label(field: str):
+    # Declared form fields don't take the model field's label; keep its (translated) wording.
+    return capfirst(Rule._meta.get_field(field).verbose_name)
+
+
+def _channel(piece: str) -> str:
+    if piece.lower() not in Channel.values:
+        raise ValueError(piece)
+    return piece.lower()
+
+
+class RuleForm(forms.ModelForm):
+    offsets = CommaListField(
+        label=_label("offsets"),
+        item=int,
+        error_messages={
+            "required": _("Give at least one offset, e.g. 1, 3, 7."),
+            "invalid_item": _("Offsets are whole numbers separated by commas, not %(bad)s."),
+        },
+        help_text=_(
+            "Whole numbers separated by commas: days from the anchor (negative = before), or "
+            "minutes before the dose for medication doses. For example 1, 3, 7 or -7."
+        ),
+    )
+    channel_order = CommaListField(
+        label=_label("channel_order"),
+        item=_channel,
+        error_messages={
+            "required": _("Give at least one channel, e.g. line, sms."),
+            "invalid_item": _("Channels are line, sms and email, not %(bad)s."),
+        },
+        help_text=_("Channels to try, in order, separated by commas, e.g. line, sms, email."),
+    )
+    sexes = forms.TypedMultipleChoiceField(
+        label=_label("sexes"),
+        choices=Patient.Sex.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("None ticked: everyone."),
+    )
+    departments = CommaListField(
+        label=_label("departments"),
+        required=False,
+        help_text=_(
+            "Appointment or last-visit department, separated by commas, e.g. 家醫科, 眼科; "
+            "empty for all."
+        ),
+    )
+
+    class Meta:
+        model = Rule
+        fields = [
+            "name",
+            "kind",
+            "purpose",
+            "enabled",
+            "priority",
+            "offsets",
+            "send_time",
+            "channel_order",
+            "min_age",
+            "max_age",
+            "sexes",
+            "conditions",
+            "departments",
+            "care_plan_key",
+            "asks_confirmation",
+            "staff_call",
+        ]
+
+    def _update_errors(self, errors):
+        # Rule.clean judges the instance, which keeps its old value for a field whose input was
+        # refused above: its verdict on that field would repeat or contradict ours.
+        if hasattr(errors, "error_dict"):
+            kept = {name: e for name, e in errors.error_dict.items() if name not in self._errors}
+            if not kept:
+                return
+            errors = ValidationError(kept)
+        super()._update_errors(errors)
+
+
+class MessageTemplateForm(forms.ModelForm):
+    class Meta:
+        model = MessageTemplate
+        fields = ["channel", "language", "subject", "body"]
+        widgets = {"body": forms.Textarea(attrs={"rows": 5, "cols": 80})}
+        help_texts = {
+            "subject": _("E-mail only."),
+            "body": _(
+                "Fields such as {{ patient.display_name }} or {{ clinic.phone }}, and "
+                "{% if … %}…{% endif %}. An unknown field is refused with the list of known ones."
+            ),
+        }
+
+
+class TemplateFormSet(forms.BaseInlineFormSet):
+    """Checks every text against the kind chosen on this page, also for a rule not saved yet.
+
+    MessageTemplate.clean takes the kind from the template's rule only once that rule has a row;
+    before, it accepts the fields of every kind (a birthday text naming an appointment).
+    """
+
+    def clean(self):
+        super().clean()
+        kind = self.instance.kind or None
+        for form in self.forms:
+            if self.can_delete and self._should_delete_form(form):
+                continue
+            for name in ("body", "subject"):
+                if name in form.errors or name not in getattr(form, "cleaned_data", {}):
+                    continue
+                try:
+                    check_template(form.cleaned_data[name], kind=kind)
+                except TemplateProblem as problem:
+                    form.add_error(name, str(problem))
+
+
+def template_preview(*, kind: str, channel: str, language: str, body: str, subject: str) -> dict:
+    """A template rendered with made-up sample data (no patient's), and its SMS size.
+
+    Never raises: a problem with the template comes back as ok=False and the error.
+    """
+    kind = kind if kind in RuleKind.values else None
+    language = language if language in Language.values else Language.ZH_HANT
+    result = {
+        "ok": False,
+        "text": "",
+        "subject": "",
+        "encoding": None,
+        "units": None,
+        "segments": None,
+        "size": "",
+        "error": "",
+    }
+    try:
+        check_template(body, kind=kind)
+        check_template(subject, kind=kind)
+        context = sample_context(kind or "", language, ClinicProfile.load())
+        text = render(body, context)
+        result["subject"] = render(subject, context) if channel == Channel.EMAIL else ""
+    except TemplateProblem as problem:
+        result["error"] = str(problem)
+        return result
+    except Exception as exc:  # a filter that fails on the sample data; the planner skips those
+        result["error"] = str(_("The text could not be rendered: %(error)s") % {"error": exc})
+        return result
+    result.update(ok=True, text=text)
+    if channel == Channel.SMS:
+        size = sms_size(text)
+        result.update(encoding=size.encoding, units=size.units, segments=size.segments)
+        result["size"] = " · ".join(
+            [
+                size.encoding,
+                ngettext("%(count)d character", "%(count)d characters", size.units)
+                % {"count": size.units},
+                ngettext("%(count)d segment", "%(count)d segments", size.segments)
+                % {"count": size.segments},
+            ]
+        )
+    return result
+
+
+def preview_html(preview: dict, *, url: str, kind: str) -> str:
+    """The preview box under a template text; template_preview.js refills it while typing."""
+    return format_html(
+        '<div class="template-preview" data-url="{url}" data-kind="{kind}" aria-live="polite">'
+        '<div class="template-preview-subject"{subject_hidden}>{subject}</div>'
+        '<div class="template-preview-text"{text_hidden}>{text}</div>'
+        '<div class="template-preview-size"{size_hidden}>{size}</div>'
+        '<div class="template-preview-error errornote"{error_hidden}>{error}</div>'
+        "</div>",
+        url=url,
+        kind=kind,
+        subject=preview["subject"],
+        subject_hidden=_hidden(preview["subject"]),
+        text=preview["text"],
+        text_hidden=_hidden(preview["text"]),
+        size=preview["size"],
+        size_hidden=_hidden(preview["size"]),
+        error=preview["error"],
+        error_hidden=_hidden(preview["error"]),
+    )
+
+
+def _hidden(value) -> str:
+    return "" if value else " hidden"
+
+
+class MessageTemplateInline(admin.StackedInline):
+    model = MessageTemplate
+    form = MessageTemplateForm
+    formset = TemplateFormSet
+    fields = [("channel", "language"), "subject", "body", "preview"]
+    readonly_fields = ["preview"]
+
+    class Media:
+        js = ["campaigns/template_preview.js"]
+        css = {"all": ["campaigns/template_preview.css"]}
+
+    def get_extra(self, request, obj=None, **kwargs):
+        return 0 if obj else 1
+
+    @admin.display(description=_("preview with sample data"))
+    def preview(self, obj):
+        url = reverse("admin:campaigns_rule_preview")
+        if obj is None or obj.pk is None:
+            empty = {"subject": "", "text": "", "size": "", "error": ""}
+            return preview_html(empty, url=url, kind="")
+        preview = template_preview(
+            kind=obj.rule.kind,
+            channel=obj.channel,
+            language=obj.language,
+            body=obj.body,
+            subject=obj.subject,
+        )
+        return preview_html(preview, url=url, kind=obj.rule.kind)
+
+
+@admin.register(Rule)
+class RuleAdmin(admin.ModelAdmin):
+    form = RuleForm
+    list_display = ["name", "kind", "purpose", "enabled", "channels", "priority"]
+    list_editable = ["enabled"]
+    list_filter = ["kind", "purpose", "enabled"]
+    search_fields = ["name"]
+    filter_horizontal = ["conditions"]
+    fieldsets = [
+        (None, {"fields": ["name", "kind", "purpose", "enabled", "priority"]}),
+        (_("When"), {"fields": ["offsets", "send_time"]}),
+        (_("How"), {"fields": ["channel_order"]}),
+        (
+            _("Who"),
+            {
+                "fields": [
+                    "min_age",
+                    "max_age",
+                    "sexes",
+                    "conditions",
+                    "departments",
+                    "care_plan_key",
+                ]
+            },
+        ),
+        (_("Options"), {"fields": ["asks_confirmation", "staff_call"]}),
+    ]
+    inlines = [MessageTemplateInline]
+
+    @admin.display(description=_("channel order"))
+    def channels(self, obj):
+        return " → ".join(obj.channel_order)
+
+    def get_urls(self):
+        preview = self.admin_site.admin_view(self.preview_view)
+        # Before the default URLs: "<path:object_id>/" would take "preview/" for a rule's id.
+        return [path("preview/", preview, name="campaigns_rule_preview"), *super().get_urls()]
+
+    def preview_view(self, request):
+        # Only made-up sample data is rendered, no patient's: nothing to audit.
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return _preview_post(request)
+
+
+@require_POST
+def _preview_post(request):
+    data = request.POST
+    preview = template_preview(
+        kind=data.get("kind", ""),
+        channel=data.get("channel", ""),
+        language=data.get("language", ""),
+        body=data.get("body", ""),
+        subject=data.get("subject", ""),
+    )
+    return JsonResponse(preview)
+
+
+@admin.register(Skip)
+class SkipAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    """Read-only: skips are written by the planner, one per due patient who got no message."""
+
+    list_display = ["rule", "patient_chart_no", "reason", "at"]
+    list_filter = ["reason", "rule"]
+    list_select_related = ["rule", "patient"]
+    search_fields = ["patient__chart_no"]
+    search_help_text = _("Chart number.")
+    fields = ["rule", "patient", "occurrence", "reason", "at"]
+    readonly_fields = fields
+
+    def audited_patient_ids(self, objects):
+        return [obj.patient_id for obj in objects]
+
+    @admin.display(description=_("chart number"), ordering="patient__chart_no")
+    def patient_chart_no(self, obj):
+        return obj.patient.chart_no
+
+    @admin.display(description=_("occurrence"))
+    def occurrence(self, obj):
+        return obj.occurrence_key
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,263 @@
+from django import forms
+from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from campaigns.models import Skip
+from patients.admin import PatientAdmin
+from patients.admin_audit import AuditedAdminMixin
+from reminders.models import Attempt, OutboxMessage, StaffTask
+from reminders.services import messages_settle_unknown, tasks_mark_done
+
+
+def _patient_link(patient) -> str:
+    url = reverse("admin:patients_patient_change", args=[patient.pk])
+    return format_html('<a href="{}">{} {}</a>', url, patient.chart_no, patient.name)
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class AttemptInline(ReadOnlyInline):
+    model = Attempt
+    fields = ["channel", "started_at", "finished_at", "outcome", "error"]
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    """Read-only: the planner writes messages and dispatch moves them on. Staff only settle the
+    ones whose outcome is unknown, after checking with the provider."""
+
+    list_display = ["due_at", "patient_name", "rule", "channel", "status", "attempts", "sent_at"]
+    list_filter = ["status", "channel", "rule", "due_at"]
+    list_select_related = ["patient", "rule"]
+    search_fields = ["patient__chart_no"]
+    search_help_text = _("Chart number.")
+    fieldsets = [
+        (
+            None,
+            {"fields": ["patient_link", "rule", "purpose", "occurrence_key", "channel", "status"]},
+        ),
+        (_("Text"), {"fields": ["subject", "body"]}),
+        (
+            _("Delivery"),
+            {
+                "fields": [
+                    "due_at",
+                    "next_attempt_at",
+                    "expires_at",
+                    "attempts",
+                    "sent_at",
+                    "delivered_at",
+                    "provider_id",
+                    "error",
+                    "channels_left",
+                    "created_at",
+                ]
+            },
+        ),
+    ]
+    inlines = [AttemptInline]
+    actions = ["mark_sent", "mark_failed"]
+
+    def audited_patient_ids(self, objects):
+        return [obj.patient_id for obj in objects]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [name for _title, options in self.fieldsets for name in options["fields"]]
+
+    @admin.display(description=_("patient"), ordering="patient__chart_no")
+    def patient_name(self, obj):
+        return f"{obj.patient.chart_no} {obj.patient.name}"
+
+    @admin.display(description=_("patient"))
+    def patient_link(self, obj):
+        return _patient_link(obj.patient)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_resolve_permission(self, request):
+        # The change page stays read-only for everyone; settling an unknown outcome is the one
+        # change staff make, so it is what the change permission grants.
+        return request.user.has_perm("reminders.change_outboxmessage")
+
+    @admin.action(
+        permissions=["resolve"],
+        description=_("Mark as sent (confirmed with the provider)"),
+    )
+    def mark_sent(self, request, queryset):
+        self._settle(request, queryset, sent=True)
+
+    @admin.action(
+        permissions=["resolve"],
+        description=_("Mark as failed (confirmed with the provider)"),
+    )
+    def mark_failed(self, request, queryset):
+        self._settle(request, queryset, sent=False)
+
+    def _settle(self, request, queryset, *, sent):
+        ids = list(queryset.values_list("pk", flat=True))
+        settled = messages_settle_unknown(
+            message_ids=ids, sent=sent, actor=request.user, now=timezone.now()
+        )
+        done = (
+            _("%(count)d message(s) marked as sent.")
+            if sent
+            else _("%(count)d message(s) marked as failed.")
+        )
+        self.message_user(request, done % {"count": settled})
+        if settled < len(ids):
+            self.message_user(
+                request,
+                _("%(count)d message(s) left as they were: only unknown outcomes can be settled.")
+                % {"count": len(ids) - settled},
+                messages.WARNING,
+            )
+
+
+class TaskStateFilter(admin.SimpleListFilter):
+    """Open tasks unless asked otherwise: the list is the front desk's to-do list."""
+
+    title = _("state")
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("open", _("open")), ("done", _("done")), ("all", _("all"))]
+
+    def choices(self, changelist):
+        current = self.value() or "open"
+        for value, title in self.lookup_choices:
+            yield {
+                "selected": current == value,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        state = self.value() or "open"
+        if state == "all":
+            return queryset
+        return queryset.filter(done_at__isnull=state == "open")
+
+
+class StaffTaskForm(forms.ModelForm):
+    class Meta:
+        model = StaffTask
+        fields = ["note"]
+
+
+@admin.register(StaffTask)
+class StaffTaskAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = StaffTaskForm
+    list_display = ["kind", "patient_name", "patient_phone", "due_on", "until", "done_at", "about"]
+    list_filter = [TaskStateFilter, "kind"]
+    list_select_related = ["patient", "message"]
+    fields = ["kind", "patient_link", "about", "due_on", "until", "done_at", "note"]
+    readonly_fields = ["kind", "patient_link", "about", "due_on", "until", "done_at"]
+    actions = ["mark_done"]
+
+    def audited_patient_ids(self, objects):
+        return [obj.patient_id for obj in objects]
+
+    @admin.display(description=_("patient"), ordering="patient__chart_no")
+    def patient_name(self, obj):
+        return f"{obj.patient.chart_no} {obj.patient.name}"
+
+    @admin.display(description=_("phone"))
+    def patient_phone(self, obj):
+        return obj.patient.phone
+
+    @admin.display(description=_("patient"))
+    def patient_link(self, obj):
+        return _patient_link(obj.patient)
+
+    @admin.display(description=_("about"))
+    def about(self, obj):
+        if obj.message_id:
+            url = reverse("admin:reminders_outboxmessage_change", args=[obj.message_id])
+            return format_html('<a href="{}">{}</a>', url, _("the message"))
+        if obj.procedure_id:
+            url = reverse("admin:patients_procedure_change", args=[obj.procedure_id])
+            return format_html('<a href="{}">{}</a>', url, _("the procedure"))
+        return ""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(permissions=["change"], description=_("Mark done"))
+    def mark_done(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        closed = tasks_mark_done(task_ids=ids, now=timezone.now())
+        self.message_user(request, _("%(count)d task(s) marked done.") % {"count": closed})
+
+
+# --- On the patient page: "why didn't Mrs Lin get her reminder?" -------------------------------
+
+
+class LatestFormSet(forms.BaseInlineFormSet):
+    """Only the newest rows: a patient of many years has hundreds of messages."""
+
+    latest = 20
+
+    def get_queryset(self):
+        if not hasattr(self, "_latest"):
+            rows = super().get_queryset()
+            self.total = rows.count()
+            self._latest = rows[: self.latest]
+        return self._latest
+
+
+class PatientLatestInline(ReadOnlyInline):
+    formset = LatestFormSet
+    show_change_link = True
+    # The stock table, then a link to all of the patient's rows in the list page.
+    template = "admin/reminders/latest_tabular.html"
+
+
+class MessageInline(PatientLatestInline):
+    model = OutboxMessage
+    fields = ["due_at", "rule", "channel", "status", "error"]
+    ordering = ["-due_at", "-pk"]
+    verbose_name_plural = _("messages (newest first)")
+
+
+class SkipInline(PatientLatestInline):
+    model = Skip
+    fields = ["at", "rule", "occurrence", "reason"]
+    ordering = ["-at", "-pk"]
+    verbose_name_plural = _("messages not sent, and why (newest first)")
+
+    @admin.display(description=_("occurrence"))
+    def occurrence(self, obj):
+        return obj.occurrence_key
+
+
+# patients/ imports nothing from campaigns/ or reminders/ (data flows from records to rules to
+# the outbox), so the outbox and the skips join the patient page from this side.
+PatientAdmin.inlines = [*PatientAdmin.inlines, MessageInline, SkipInline]

@@ -1,0 +1,356 @@
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from campaigns.models import Rule, Skip, SkipReason
+from patients.models import AuditEntry
+from tests.factories import PatientFactory
+
+pytestmark = pytest.mark.django_db
+
+ADD_URL = "admin:campaigns_rule_add"
+PREVIEW_URL = "admin:campaigns_rule_preview"
+
+
+@pytest.fixture
+def manager(client, manager_user):
+    client.force_login(manager_user)
+    return client
+
+
+@pytest.fixture
+def desk(client, front_desk_user):
+    client.force_login(front_desk_user)
+    return client
+
+
+def new_rule_post(templates=(), **overrides) -> dict:
+    """The add page's POST: a return-visit rule and the given (channel, language, body)."""
+    data = {
+        "name": "Test reminder",
+        "kind": "appointment",
+        "purpose": "care",
+        "enabled": "on",
+        "priority": "50",
+        "offsets": "-3",
+        "send_time": "10:00",
+        "channel_order": "sms",
+        "min_age": "",
+        "max_age": "",
+        "departments": "",
+        "care_plan_key": "",
+        "templates-TOTAL_FORMS": str(len(templates)),
+        "templates-INITIAL_FORMS": "0",
+        "templates-MIN_NUM_FORMS": "0",
+        "templates-MAX_NUM_FORMS": "1000",
+    }
+    for index, (channel, language, body) in enumerate(templates):
+        data.update(
+            {
+                f"templates-{index}-channel": channel,
+                f"templates-{index}-language": language,
+                f"templates-{index}-subject": "",
+                f"templates-{index}-body": body,
+            }
+        )
+    data.update(overrides)
+    return data
+
+
+def change_post(rule: Rule, **overrides) -> dict:
+    """The change page's POST for `rule` as it is saved, with its templates."""
+    templates = list(rule.templates.all())
+    data = {
+        "name": rule.name,
+        "kind": rule.kind,
+        "purpose": rule.purpose,
+        "enabled": "on" if rule.enabled else "",
+        "priority": str(rule.priority),
+        "offsets": ", ".join(map(str, rule.offsets)),
+        "send_time": rule.send_time.strftime("%H:%M"),
+        "channel_order": ", ".join(rule.channel_order),
+        "min_age": "",
+        "max_age": "",
+        "departments": ", ".join(rule.departments),
+        "care_plan_key": rule.care_plan_key,
+        "templates-TOTAL_FORMS": str(len(templates)),
+        "templates-INITIAL_FORMS": str(len(templates)),
+        "templates-MIN_NUM_FORMS": "0",
+        "templates-MAX_NUM_FORMS": "1000",
+    }
+    for index, template in enumerate(templates):
+        for name in ("id", "rule", "channel", "language", "subject", "body"):
+            value = template.rule_id if name == "rule" else getattr(template, name)
+            data[f"templates-{index}-{name}"] = value
+    data.update(overrides)
+    return data
+
+
+def template_errors(response) -> list[dict]:
+    formset = response.context["inline_admin_formsets"][0].formset
+    return [form.errors for form in formset.forms]
+
+
+def rule_errors(response) -> dict:
+    return response.context["adminform"].form.errors
+
+
+# --- saving rules and templates --------------------------------------------------------------
+
+
+def test_new_rule_with_its_template_is_saved(manager):
+    body = "{{ patient.display_name }}您好，{{ appointment.date }} 請回診。{{ clinic.name }}"
+
+    response = manager.post(
+        reverse(ADD_URL),
+        new_rule_post(
+            templates=[("sms", "zh-hant", body)], offsets="-7, -1", channel_order="line, SMS"
+        ),
+    )
+
+    assert response.status_code == 302
+    rule = Rule.objects.get(name="Test reminder")
+    assert rule.offsets == [-7, -1]
+    assert rule.channel_order == ["line", "sms"]
+    assert rule.templates.get().body == body
+
+
+def test_template_naming_an_unknown_field_is_refused_and_nothing_is_saved(manager):
+    rules_before = Rule.objects.count()
+
+    response = manager.post(
+        reverse(ADD_URL),
+        new_rule_post(templates=[("sms", "zh-hant", "{{ patient.nonexistent }}您好")]),
+    )
+
+    assert response.status_code == 200
+    [errors] = template_errors(response)
+    assert "Unknown field {{ patient.nonexistent }}" in errors["body"][0]
+    assert Rule.objects.count() == rules_before
+    assert not Rule.objects.filter(name="Test reminder").exists()
+
+
+def test_template_with_a_syntax_error_is_refused(manager):
+    response = manager.post(
+        reverse(ADD_URL),
+        new_rule_post(templates=[("sms", "zh-hant", "{% if patient.age %}您好")]),
+    )
+
+    [errors] = template_errors(response)
+    assert "syntax error" in errors["body"][0]
+    assert not Rule.objects.filter(name="Test reminder").exists()
+
+
+def test_template_with_a_tag_other_than_if_is_refused(manager):
+    response = manager.post(
+        reverse(ADD_URL),
+        new_rule_post(templates=[("sms", "zh-hant", "{% load static %}您好")]),
+    )
+
+    [errors] = template_errors(response)
+    assert "{% load %} is not allowed" in errors["body"][0]
+
+
+def test_new_rules_template_is_checked_against_the_kind_chosen_on_the_page(manager):
+    # Given a birthday rule, which has no appointment to talk about
+    post = new_rule_post(kind="birthday", templates=[("sms", "zh-hant", "{{ appointment.date }}")])
+
+    # When it is saved for the first time
+    response = manager.post(reverse(ADD_URL), post)
+
+    # Then the template is judged as a birthday template, though the rule has no row yet
+    [errors] = template_errors(response)
+    assert "Unknown field {{ appointment.date }}" in errors["body"][0]
+    assert not Rule.objects.filter(name="Test reminder").exists()
+
+
+def test_changing_a_rules_kind_rechecks_its_saved_templates(manager):
+    rule = Rule.objects.get(name__startswith="回診通知")
+
+    response = manager.post(
+        reverse("admin:campaigns_rule_change", args=[rule.pk]), change_post(rule, kind="birthday")
+    )
+
+    assert response.status_code == 200
+    assert any("{{ appointment." in str(errors.get("body")) for errors in template_errors(response))
+    assert Rule.objects.get(pk=rule.pk).kind == "appointment"
+
+
+def test_saving_a_shipped_rule_unchanged_works(manager):
+    rule = Rule.objects.get(name__startswith="術後關懷")
+
+    response = manager.post(
+        reverse("admin:campaigns_rule_change", args=[rule.pk]), change_post(rule)
+    )
+
+    assert response.status_code == 302
+    rule.refresh_from_db()
+    assert rule.offsets == [1, 3, 7]
+    assert rule.channel_order == ["line", "sms", "email"]
+
+
+def test_rule_without_a_channel_gets_a_clear_error(manager):
+    response = manager.post(reverse(ADD_URL), new_rule_post(channel_order=""))
+
+    assert "at least one channel" in rule_errors(response)["channel_order"][0]
+    assert not Rule.objects.filter(name="Test reminder").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "typed", "message"),
+    [
+        ("offsets", "1, three, 7", "not three"),
+        ("offsets", "", "at least one offset"),
+        ("channel_order", "line, fax", "not fax"),
+        ("channel_order", "sms, sms", "each at most once"),
+    ],
+)
+def test_list_fields_typed_badly_get_one_clear_message(manager, field, typed, message):
+    response = manager.post(reverse(ADD_URL), new_rule_post(**{field: typed}))
+
+    errors = rule_errors(response)[field]
+    assert len(errors) == 1
+    assert message in errors[0]
+
+
+def test_comma_lists_accept_full_width_commas_and_brackets(manager):
+    response = manager.post(
+        reverse(ADD_URL),
+        new_rule_post(offsets="[1，3、7]", departments="家醫科，眼科", sexes=["F", "M"]),
+    )
+
+    assert response.status_code == 302
+    rule = Rule.objects.get(name="Test reminder")
+    assert rule.offsets == [1, 3, 7]
+    assert rule.departments == ["家醫科", "眼科"]
+    assert rule.sexes == ["F", "M"]
+
+
+def test_front_desk_can_read_rules_but_not_change_them(desk):
+    rule = Rule.objects.get(name__startswith="回診通知")
+    url = reverse("admin:campaigns_rule_change", args=[rule.pk])
+
+    assert desk.get(reverse("admin:campaigns_rule_changelist")).status_code == 200
+    response = desk.post(url, change_post(rule, name="Renamed"))
+
+    assert response.status_code == 403
+    assert Rule.objects.get(pk=rule.pk).name == rule.name
+
+
+def test_manager_switches_a_rule_off_from_the_list(manager):
+    rule = Rule.objects.get(name__startswith="生日祝福")
+    rules = list(Rule.objects.all())
+    data = {
+        "form-TOTAL_FORMS": str(len(rules)),
+        "form-INITIAL_FORMS": str(len(rules)),
+        "_save": "Save",
+    }
+    for index, each in enumerate(rules):
+        data[f"form-{index}-id"] = str(each.pk)
+        if each.enabled and each != rule:
+            data[f"form-{index}-enabled"] = "on"
+
+    response = manager.post(reverse("admin:campaigns_rule_changelist"), data)
+
+    assert response.status_code == 302
+    assert not Rule.objects.get(pk=rule.pk).enabled
+    assert Rule.objects.filter(enabled=True).count() == len(rules) - 1
+
+
+# --- preview ----------------------------------------------------------------------------------
+
+
+def preview(client, body, **fields):
+    data = {"kind": "appointment", "channel": "sms", "language": "zh-hant", "body": body}
+    return client.post(reverse(PREVIEW_URL), {**data, **fields}).json()
+
+
+def test_preview_renders_the_text_with_sample_data(manager, clinic):
+    answer = preview(manager, "{{ patient.display_name }}您好，{{ appointment.time }} 回診。")
+
+    assert answer["ok"] is True
+    assert answer["text"] == "林小姐您好，14:30 回診。"
+    assert answer["error"] == ""
+
+
+def test_preview_of_71_chinese_characters_is_two_ucs2_segments(manager):
+    answer = preview(manager, "林" * 71)
+
+    assert (answer["encoding"], answer["units"], answer["segments"]) == ("UCS-2", 71, 2)
+    assert answer["size"] == "UCS-2 · 71 characters · 2 segments"
+
+
+def test_preview_of_160_plain_ascii_characters_is_one_gsm7_segment(manager):
+    answer = preview(manager, "a" * 160)
+
+    assert (answer["encoding"], answer["units"], answer["segments"]) == ("GSM-7", 160, 1)
+
+
+def test_preview_of_an_unknown_field_says_what_is_wrong(manager):
+    answer = preview(manager, "{{ patient.nonexistent }}")
+
+    assert answer["ok"] is False
+    assert "Unknown field {{ patient.nonexistent }}" in answer["error"]
+    assert answer["text"] == ""
+
+
+def test_preview_judges_fields_by_the_rules_kind(manager):
+    answer = preview(manager, "{{ appointment.date }}", kind="birthday")
+
+    assert answer["ok"] is False
+
+
+def test_email_preview_renders_the_subject_and_counts_no_segments(manager):
+    answer = preview(
+        manager, "Hello {{ patient.display_name }}", channel="email", language="en", subject="Hi"
+    )
+
+    assert answer["subject"] == "Hi"
+    assert answer["text"] == "Hello Lin Mei-ling"
+    assert answer["segments"] is None
+
+
+def test_preview_needs_a_staff_login_and_a_post(client, manager):
+    assert manager.get(reverse(PREVIEW_URL)).status_code == 405
+
+    client.logout()
+    response = client.post(reverse(PREVIEW_URL), {"body": "hi"})
+
+    assert response.status_code == 302
+    assert reverse("admin:login") in response["Location"]
+
+
+def test_rule_page_shows_a_preview_of_each_saved_template(manager, clinic):
+    rule = Rule.objects.get(name__startswith="回診通知")
+
+    response = manager.get(reverse("admin:campaigns_rule_change", args=[rule.pk]))
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    # One box per saved template, and one in the blank form "Add another" copies.
+    assert page.count('class="template-preview"') == rule.templates.count() + 1
+    assert "林小姐您好" in page and "安心診所" in page
+    assert "campaigns/template_preview.js" in page
+    assert "UCS-2 · " in page  # the SMS templates' segment counts
+
+
+# --- skips ------------------------------------------------------------------------------------
+
+
+def test_skip_list_shows_chart_numbers_and_audits_them(desk, front_desk_user):
+    rule = Rule.objects.get(name__startswith="回診通知")
+    patient = PatientFactory(chart_no="A000777")
+    Skip.objects.create(
+        rule=rule,
+        patient=patient,
+        occurrence_key="appointment:1",
+        reason=SkipReason.NO_CONSENT,
+        at=timezone.now(),
+    )
+
+    response = desk.get(reverse("admin:campaigns_skip_changelist"))
+
+    assert "A000777" in response.content.decode()
+    entry = AuditEntry.objects.get(action="list")
+    assert entry.actor == front_desk_user
+    assert list(entry.patients.all()) == [patient]
