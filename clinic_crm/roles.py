@@ -17,6 +17,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "campaigns.view_rule",
         "campaigns.view_skip",
         "reminders.view_outboxmessage",
+        "reminders.view_attempt",
         "reminders.view_stafftask",
         "reminders.change_stafftask",
     ],
@@ -33,8 +34,7 @@ ROLE_PERMISSIONS[CLINIC_MANAGER] = [
         for model in ("rule", "messagetemplate")
         for verb in ("view", "add", "change")
     ),
-    "campaigns.view_messagetemplate",
-    "reminders.view_attempt",
+    "reminders.change_outboxmessage",  # settle messages whose outcome is unknown
 ]
 
 
