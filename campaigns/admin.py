@@ -13,7 +13,7 @@ from campaigns.context import sample_context
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip
 from campaigns.templating import TemplateProblem, check_template, render, sms_size
 from consent.models import Channel
-from patients.admin_audit import AuditedAdminMixin
+from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
 from patients.models import ClinicProfile, Language, Patient
 
 # What staff type between list items: a comma, or the full-width comma and enumeration comma a
@@ -332,7 +332,7 @@ def _preview_post(request):
 
 
 @admin.register(Skip)
-class SkipAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class SkipAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     """Read-only: skips are written by the planner, one per due patient who got no message."""
 
     list_display = ["rule", "patient_chart_no", "reason", "at"]
@@ -353,12 +353,3 @@ class SkipAdmin(AuditedAdminMixin, admin.ModelAdmin):
     @admin.display(description=_("occurrence"))
     def occurrence(self, obj):
         return obj.occurrence_key
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -7,6 +7,7 @@ naming anything else is rejected when it is saved, not discovered when a patient
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import lru_cache
 
 from django.template import Context, Engine, TemplateSyntaxError
 from django.template.base import FilterExpression, Lexer, Parser, TokenType, Variable
@@ -86,8 +87,15 @@ def check_template(source: str, *, kind: str | None) -> None:
             raise TemplateProblem(f"Unknown field {{{{ {expression.var.var} }}}}. Known: {known}.")
 
 
+@lru_cache(maxsize=512)
+def _compiled(source: str):
+    # A planning pass renders the same few templates tens of thousands of times; compiling
+    # was most of its time. A compiled Template is safe to render again with a new Context.
+    return _engine.from_string(source)
+
+
 def render(source: str, context: dict) -> str:
-    return _engine.from_string(source).render(Context(context, autoescape=False)).strip()
+    return _compiled(source).render(Context(context, autoescape=False)).strip()
 
 
 def render_html(text: str) -> str:

@@ -4,7 +4,7 @@ from django.utils.translation import gettext_lazy as _
 
 from consent.models import ConsentEntry, ConsentState
 from consent.services import consent_record
-from patients.admin_audit import AuditedAdminMixin
+from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
 
 LEDGER_FIELDS = ["purpose", "channel", "action", "source", "evidence"]
 
@@ -47,19 +47,13 @@ class ConsentEntryInline(admin.TabularInline):
         return False
 
 
-class ConsentStateInline(admin.TabularInline):
+class ConsentStateInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = ConsentState
     fields = ["purpose", "channel", "granted", "changed_at"]
     readonly_fields = fields
     extra = 0
     can_delete = False
     verbose_name_plural = _("current consent")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(ConsentEntry)

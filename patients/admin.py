@@ -6,7 +6,7 @@ from django.http import HttpResponse
 from django.utils.translation import gettext_lazy as _
 
 from consent.admin import ConsentEntryInline, ConsentStateInline
-from patients.admin_audit import AuditedAdminMixin
+from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
 from patients.models import (
     DOSE_TIME,
     Appointment,
@@ -309,7 +309,7 @@ class AppointmentAdmin(PatientRecordAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["at", "actor_name", "action", "patient_count", "path"]
     list_filter = ["action", "at"]
     search_fields = ["actor_name", "patients__chart_no"]
@@ -321,12 +321,3 @@ class AuditEntryAdmin(admin.ModelAdmin):
     @admin.display(description=_("patients"), ordering="patient_total")
     def patient_count(self, obj):
         return obj.patient_total
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -1,4 +1,5 @@
-"""Admin pages that show patient data write an audit entry for every page they show."""
+"""Admin pages that show patient data write an audit entry for every page they show; and the
+read-only pages for what only the system writes (audit log, skips, outbox, attempts)."""
 
 from django.template.response import TemplateResponse
 
@@ -42,3 +43,16 @@ class AuditedAdminMixin:
                 detail=self.model._meta.verbose_name,
             )
         return response
+
+
+class ReadOnlyAdminMixin:
+    """For a ModelAdmin or an inline of rows staff may read but never add, change or delete."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -7,7 +7,7 @@ from django.utils.translation import gettext_lazy as _
 
 from campaigns.models import Skip
 from patients.admin import PatientAdmin
-from patients.admin_audit import AuditedAdminMixin
+from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
 from reminders.models import Attempt, OutboxMessage, StaffTask
 from reminders.services import messages_settle_unknown, tasks_mark_done
 
@@ -17,21 +17,12 @@ def _patient_link(patient) -> str:
     return format_html('<a href="{}">{} {}</a>', url, patient.chart_no, patient.name)
 
 
-class ReadOnlyInline(admin.TabularInline):
+class ReadOnlyInline(ReadOnlyAdminMixin, admin.TabularInline):
     extra = 0
     can_delete = False
 
     def get_readonly_fields(self, request, obj=None):
         return self.fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class AttemptInline(ReadOnlyInline):
