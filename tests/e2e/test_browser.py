@@ -1,0 +1,114 @@
+"""End to end in a real browser: Debian's Chromium, driven by Selenium, against the live app."""
+
+import shutil
+import time
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from patients.models import AuditEntry
+from tests.factories import PatientFactory
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+    ),
+]
+PASSWORD = "correct horse 42"
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # As root in a sandbox-less container, with nothing reaching out to the network.
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--lang=zh-TW",
+        "--window-size=1300,1000",
+    ):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"intl.accept_languages": "zh-TW,zh"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+def staff(username, group):
+    user = User.objects.create_user(username, password=PASSWORD, is_staff=True)
+    user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+def log_in(browser, live_server, username):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys(username)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+
+
+def wait_until(condition, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.1)
+
+
+def test_front_desk_finds_a_patient_by_phone_and_the_view_is_audited(browser, live_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    desk = staff("desk", "Front desk")
+    patient = PatientFactory(name="林美玲", phone="+886912345678")
+    PatientFactory(name="陳志明", phone="+886987654321")
+
+    log_in(browser, live_server, "desk")
+    browser.get(f"{live_server.url}/admin/patients/patient/")
+    search = browser.find_element(By.ID, "searchbar")
+    search.send_keys("0912-345-678", Keys.ENTER)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert len(rows) == 1 and "林美玲" in rows[0].text
+    rows[0].find_element(By.CSS_SELECTOR, "th a").click()
+
+    assert browser.find_element(By.NAME, "name").get_attribute("value") == "林美玲"
+    assert "儲存" in browser.page_source  # the admin speaks Traditional Chinese
+    views = AuditEntry.objects.filter(actor=desk, action="view", patients=patient)
+    assert views.count() == 1
+    assert AuditEntry.objects.filter(actor=desk, action="search", patients=patient).exists()
+
+
+def test_manager_sees_a_live_preview_and_an_unknown_field_error_while_typing(browser, live_server):
+    from selenium.webdriver.common.by import By
+
+    from campaigns.models import Rule
+
+    staff("manager", "Clinic manager")
+    rule = Rule.objects.get(name__startswith="生日祝福")
+
+    log_in(browser, live_server, "manager")
+    browser.get(f"{live_server.url}/admin/campaigns/rule/{rule.pk}/change/")
+    body = browser.find_element(By.CSS_SELECTOR, "textarea[name$='-body']")
+    body.clear()
+    body.send_keys("{{ patient.display_name }}生日快樂")
+    preview = browser.find_element(By.CSS_SELECTOR, ".template-preview")
+    wait_until(lambda: "林小姐生日快樂" in preview.text or "Lin Mei-ling生日快樂" in preview.text)
+
+    body.send_keys("{{ patient.favourite_colour }}")
+    wait_until(lambda: "patient.favourite_colour" in preview.text)
