@@ -166,9 +166,13 @@ class SkipReason(models.TextChoices):
 class Skip(models.Model):
     """Why a patient who was due for a rule got no message: answers "why didn't she get it?"."""
 
-    rule = models.ForeignKey(Rule, on_delete=models.CASCADE, related_name="skips")
-    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="rule_skips")
-    occurrence_key = models.CharField(max_length=120)
+    rule = models.ForeignKey(
+        Rule, on_delete=models.CASCADE, related_name="skips", verbose_name=_("rule")
+    )
+    patient = models.ForeignKey(
+        Patient, on_delete=models.CASCADE, related_name="rule_skips", verbose_name=_("patient")
+    )
+    occurrence_key = models.CharField(_("occurrence"), max_length=120)
     reason = models.CharField(_("reason"), max_length=20, choices=SkipReason.choices)
     at = models.DateTimeField(_("at"))
 

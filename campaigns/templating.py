@@ -13,6 +13,7 @@ from django.template import Context, Engine, TemplateSyntaxError
 from django.template.base import FilterExpression, Lexer, Parser, TokenType, Variable
 from django.utils import timezone
 from django.utils.html import escape, linebreaks
+from django.utils.translation import gettext as _
 
 # Variables every template may use, then those of each rule kind.
 COMMON_FIELDS = {
@@ -63,7 +64,9 @@ def _variables(source: str):
         elif token.token_type == TokenType.BLOCK:
             bits = token.split_contents()
             if bits[0] not in ALLOWED_TAGS:
-                raise TemplateProblem(f"The tag {{% {bits[0]} %}} is not allowed in messages.")
+                raise TemplateProblem(
+                    _("The tag {%% %(tag)s %%} is not allowed in messages.") % {"tag": bits[0]}
+                )
             for bit in bits[1:]:
                 if bit not in IF_WORDS:
                     yield FilterExpression(bit, parser)
@@ -76,7 +79,7 @@ def check_template(source: str, *, kind: str | None) -> None:
         expressions = list(_variables(source))
         _engine.from_string(source)
     except TemplateSyntaxError as exc:
-        raise TemplateProblem(f"Template syntax error: {exc}") from exc
+        raise TemplateProblem(_("Template syntax error: %(error)s") % {"error": exc}) from exc
     for expression in expressions:
         if not isinstance(expression.var, Variable) or expression.var.literal is not None:
             continue
@@ -84,7 +87,10 @@ def check_template(source: str, *, kind: str | None) -> None:
         root, field = lookups[0], ".".join(lookups[1:])
         if root not in allowed or field not in allowed[root]:
             known = ", ".join(f"{r}.{f}" for r, names in allowed.items() for f in names)
-            raise TemplateProblem(f"Unknown field {{{{ {expression.var.var} }}}}. Known: {known}.")
+            raise TemplateProblem(
+                _("Unknown field {{ %(field)s }}. Known: %(known)s.")
+                % {"field": expression.var.var, "known": known}
+            )
 
 
 @lru_cache(maxsize=512)

@@ -112,6 +112,14 @@ class EncryptedCharField(EncryptedTextField):
 
     form_widget = forms.TextInput
 
+    def formfield(self, **kwargs):
+        # The admin gives every TextField a textarea; a name or a phone is one line.
+        widget = kwargs.get("widget")
+        widget_class = widget if isinstance(widget, type) else type(widget)
+        if widget is None or issubclass(widget_class, forms.Textarea):
+            kwargs["widget"] = forms.TextInput(attrs={"class": "vTextField"})
+        return super().formfield(**kwargs)
+
 
 class EncryptedPhoneField(EncryptedCharField):
     """A phone number, validated and stored as E.164 (+886912345678)."""

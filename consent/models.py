@@ -67,7 +67,8 @@ class ConsentEntry(AppendOnlyModel):
         ]
 
     def __str__(self):
-        return f"{self.get_action_display()} {self.purpose}/{self.channel}"
+        parts = (self.get_action_display(), self.get_purpose_display(), self.get_channel_display())
+        return " · ".join(str(part) for part in parts)
 
 
 class ConsentState(models.Model):
@@ -77,12 +78,14 @@ class ConsentState(models.Model):
     so planning can join on it instead of re-reading the whole ledger.
     """
 
-    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="consent_states")
-    purpose = models.CharField(max_length=16, choices=Purpose.choices)
-    channel = models.CharField(max_length=8, choices=Channel.choices)
-    granted = models.BooleanField()
+    patient = models.ForeignKey(
+        Patient, on_delete=models.CASCADE, related_name="consent_states", verbose_name=_("patient")
+    )
+    purpose = models.CharField(_("purpose"), max_length=16, choices=Purpose.choices)
+    channel = models.CharField(_("channel"), max_length=8, choices=Channel.choices)
+    granted = models.BooleanField(_("granted"))
     entry = models.ForeignKey(ConsentEntry, on_delete=models.PROTECT, related_name="+")
-    changed_at = models.DateTimeField()
+    changed_at = models.DateTimeField(_("changed at"))
 
     class Meta:
         verbose_name = _("current consent")
@@ -101,4 +104,5 @@ class ConsentState(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.purpose}/{self.channel}: {'granted' if self.granted else 'withheld'}"
+        state = _("granted") if self.granted else _("not granted")
+        return f"{self.get_purpose_display()} · {self.get_channel_display()}: {state}"

@@ -487,4 +487,4 @@ class AuditEntry(AppendOnlyModel):
         verbose_name_plural = _("audit log")
 
     def __str__(self):
-        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name} {self.action}"
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name} {self.get_action_display()}"

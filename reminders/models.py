@@ -35,7 +35,9 @@ class OutboxMessage(models.Model):
     purpose = models.CharField(_("purpose"), max_length=16, choices=Purpose.choices)
     channel = models.CharField(_("channel"), max_length=8, choices=Channel.choices)
     channels_left = models.JSONField(
-        default=list, help_text="Channels still to try, in order, if this one fails for good."
+        _("channels left"),
+        default=list,
+        help_text=_("Channels still to try, in order, if this one fails for good."),
     )
     # {"line": ["subject", "body"], ...} for channels_left, rendered when planned. Encrypted:
     # the texts name the patient.
@@ -87,7 +89,8 @@ class OutboxMessage(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.rule} → {self.patient} ({self.channel}, {self.status})"
+        channel, status = self.get_channel_display(), self.get_status_display()
+        return f"{self.rule} → {self.patient} ({channel}, {status})"
 
 
 class Attempt(models.Model):
@@ -103,11 +106,13 @@ class Attempt(models.Model):
     message = models.ForeignKey(
         OutboxMessage, on_delete=models.CASCADE, related_name="attempts_log"
     )
-    channel = models.CharField(max_length=8, choices=Channel.choices)
-    started_at = models.DateTimeField()
-    finished_at = models.DateTimeField(null=True, blank=True)
-    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.STARTED)
-    error = models.CharField(max_length=300, blank=True)
+    channel = models.CharField(_("channel"), max_length=8, choices=Channel.choices)
+    started_at = models.DateTimeField(_("started at"))
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    outcome = models.CharField(
+        _("outcome"), max_length=10, choices=Outcome.choices, default=Outcome.STARTED
+    )
+    error = models.CharField(_("error"), max_length=300, blank=True)
 
     class Meta:
         ordering = ["started_at"]
@@ -115,7 +120,7 @@ class Attempt(models.Model):
         verbose_name_plural = _("delivery attempts")
 
     def __str__(self):
-        return f"{self.channel} {self.outcome}"
+        return f"{self.get_channel_display()} · {self.get_outcome_display()}"
 
 
 class StaffTask(models.Model):

@@ -37,27 +37,37 @@ BACKOFF_MAX = timedelta(hours=1)
 IDEMPOTENT_CHANNELS = {Channel.LINE}
 IDEMPOTENCY_WINDOW = timedelta(hours=23)
 ADDRESS = {Channel.SMS: "phone", Channel.LINE: "line_user_id", Channel.EMAIL: "email"}
+CLAIM_TRIES = 5
 
 
 def messages_claim(*, now: datetime, limit: int) -> list[OutboxMessage]:
-    """Take up to `limit` due messages for this caller alone, at most one per patient."""
+    """Take up to `limit` due messages for this caller alone, at most one per patient.
+
+    An empty list means nothing is due (or other workers won every race for what is)."""
     busy = OutboxMessage.objects.filter(patient_id=OuterRef("patient_id"), status=Status.SENDING)
-    candidates = (
+    due = (
         OutboxMessage.objects.filter(status=Status.QUEUED, next_attempt_at__lte=now)
         .exclude(Exists(busy))
         .order_by("priority", "next_attempt_at", "id")
-        .values_list("id", "patient_id")[: limit * 2]
     )
-    ids, patients = [], set()
-    for message_id, patient_id in candidates:
-        if patient_id not in patients and len(ids) < limit:
-            patients.add(patient_id)
-            ids.append(message_id)
-    token = uuid.uuid4().hex
-    # The WHERE re-checks the status: of two workers racing for a row, exactly one flips it.
-    OutboxMessage.objects.filter(pk__in=ids, status=Status.QUEUED).update(
-        status=Status.SENDING, claim=token, claimed_at=now
-    )
+    for _try in range(CLAIM_TRIES):
+        ids, patients = [], set()
+        for message_id, patient_id in due.values_list("id", "patient_id")[: limit * 2]:
+            if patient_id not in patients and len(ids) < limit:
+                patients.add(patient_id)
+                ids.append(message_id)
+        if not ids:
+            return []
+        token = uuid.uuid4().hex
+        # The WHERE re-checks the status: of two workers racing for a row, exactly one flips it.
+        if OutboxMessage.objects.filter(pk__in=ids, status=Status.QUEUED).update(
+            status=Status.SENDING, claim=token, claimed_at=now
+        ):
+            break
+        # Another worker read the same rows and took them all first. Reading again skips them:
+        # returning nothing here would end this worker's run while messages are still due.
+    else:
+        return []
     return list(
         OutboxMessage.objects.filter(claim=token, status=Status.SENDING)
         .select_related("patient", "rule", "appointment", "refill_window", "prescription")
@@ -218,10 +228,18 @@ def messages_recover(*, now: datetime) -> Counter:
 
 
 class RateLimiter:
-    """At most `per_second` sends per channel from this process."""
+    """At most `per_second` sends per channel from this process, in any one-second window."""
+
+    # Each request reaches the provider a few ms after its slot (the gate's queries, the
+    # scheduler), a little more or less each time. With slots exactly 1/rate apart a provider
+    # counting any one-second window sees rate + 1 about every other second; 5 % wider slots
+    # absorb up to 50 ms of that jitter.
+    HEADROOM = 0.95
 
     def __init__(self, per_second: dict[str, float]):
-        self.interval = {ch: 1.0 / rate for ch, rate in per_second.items() if rate > 0}
+        self.interval = {
+            ch: 1.0 / (rate * self.HEADROOM) for ch, rate in per_second.items() if rate > 0
+        }
         self.next_slot: dict[str, float] = {}
 
     def wait(self, channel: str) -> None:

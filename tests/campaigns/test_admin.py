@@ -6,6 +6,13 @@ from campaigns.models import Rule, Skip, SkipReason
 from patients.models import AuditEntry
 from tests.factories import PatientFactory
 
+
+@pytest.fixture(autouse=True)
+def _english(settings):
+    """These tests read the admin's messages; the zh-Hant ones are checked in the browser."""
+    settings.LANGUAGE_CODE = "en"
+
+
 pytestmark = pytest.mark.django_db
 
 ADD_URL = "admin:campaigns_rule_add"

@@ -1,6 +1,13 @@
 import pytest
+from django.utils import translation
 
 from campaigns.templating import TemplateProblem, check_template, display_name, render, sms_size
+
+
+@pytest.fixture(autouse=True)
+def _english():
+    with translation.override("en"):
+        yield
 
 
 def test_known_fields_pass():

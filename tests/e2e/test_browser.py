@@ -61,6 +61,7 @@ def log_in(browser, live_server, username):
     browser.find_element(By.NAME, "username").send_keys(username)
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    browser.find_element(By.ID, "user-tools")  # waits (implicitly) until we are logged in
 
 
 def wait_until(condition, seconds=5.0):
