@@ -33,6 +33,17 @@ ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = 150
 
 
+@pytest.fixture
+def clusters():
+    """Every cluster a test starts is killed at the end, whatever happened in between."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for cluster in started:
+        if cluster.poll() is None:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait(timeout=10)
+
+
 def start_cluster(fake, log: Path) -> subprocess.Popen:
     db = connection.settings_dict
     env = {
@@ -71,7 +82,7 @@ def unsettled() -> int:
 
 
 def test_killing_the_worker_mid_dispatch_loses_nothing_and_sends_nothing_twice(
-    fake_twilio, tmp_path
+    fake_twilio, tmp_path, clusters
 ):
     ClinicProfile.objects.update_or_create(
         pk=1, defaults={"send_window_start": dt.time(0, 0), "send_window_end": dt.time(23, 59)}
@@ -96,6 +107,7 @@ def test_killing_the_worker_mid_dispatch_loses_nothing_and_sends_nothing_twice(
 
     # given a cluster that is sending
     cluster = start_cluster(fake_twilio, log)
+    clusters.append(cluster)
     async_task("reminders.tasks.dispatch_task")
     async_task("reminders.tasks.dispatch_task")
     wait_for(lambda: len(fake_twilio.requests) >= 30, 60, "the first sends")
@@ -107,6 +119,7 @@ def test_killing_the_worker_mid_dispatch_loses_nothing_and_sends_nothing_twice(
 
     # and a new one takes over
     cluster = start_cluster(fake_twilio, log)
+    clusters.append(cluster)
     try:
         time.sleep(2.5)  # past the claim lease, so recovery may settle the dead claims
         deadline = time.monotonic() + 90
