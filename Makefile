@@ -34,8 +34,12 @@ lint: $(DEPS)
 	$(VENV)/bin/ruff format --check .
 	$(MANAGE) makemigrations --check --dry-run --verbosity 0
 
+# Seeding, one planning pass against hand-written SQL, dispatch through a fake Twilio: each
+# drops and recreates its own *_bench database on the local PostgreSQL (a few minutes in all).
 bench: $(DEPS)
 	$(PY) bench/seed_demo.py
+	$(PY) bench/planner.py
+	$(PY) bench/dispatch.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import DateTimeField, Exists, OuterRef, Subquery, Value
+from django.db.models import DateTimeField, Exists, F, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import escape, linebreaks
@@ -122,15 +122,18 @@ def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
             reason = f"{message.channel}: {exc}"
             return _next_channel(message, now=now, reason=reason, exhausted=Status.FAILED)
         return _retry_later(message, now=now, error=exc)
-    _close(attempt, Attempt.Outcome.SENT)
-    _finish(
-        message,
-        status=Status.SENT,
-        provider_id=provider_id[:100],
-        sent_at=timezone.now(),
-        attempts=message.attempts + 1,
-        error="",
-    )
+    # One commit for both: a crash between them left a message still `sending` whose attempt
+    # had an outcome, which recovery reads as "never handed over" and sends again.
+    with transaction.atomic():
+        _close(attempt, Attempt.Outcome.SENT)
+        _finish(
+            message,
+            status=Status.SENT,
+            provider_id=provider_id[:100],
+            sent_at=timezone.now(),
+            attempts=message.attempts + 1,
+            error="",
+        )
     return Status.SENT
 
 
@@ -144,13 +147,17 @@ def _unknown(message: OutboxMessage, attempt: Attempt, error: str) -> str:
     with transaction.atomic():
         _close(attempt, Attempt.Outcome.UNKNOWN, Exception(error))
         _finish(message, status=Status.UNKNOWN, attempts=message.attempts + 1, error=error[:300])
-        today = timezone.localdate()
-        StaffTask.objects.get_or_create(
-            kind=StaffTask.Kind.REVIEW_UNKNOWN,
-            message=message,
-            defaults={"patient_id": message.patient_id, "due_on": today, "until": today},
-        )
+        _ask_staff_to_review(message)
     return Status.UNKNOWN
+
+
+def _ask_staff_to_review(message: OutboxMessage) -> None:
+    today = timezone.localdate()
+    StaffTask.objects.get_or_create(
+        kind=StaffTask.Kind.REVIEW_UNKNOWN,
+        message=message,
+        defaults={"patient_id": message.patient_id, "due_on": today, "until": today},
+    )
 
 
 def _retry_later(message: OutboxMessage, *, now: datetime, error: ChannelError) -> str:
@@ -214,17 +221,41 @@ def messages_recover(*, now: datetime) -> Counter:
     lease = timedelta(seconds=settings.DISPATCH_CLAIM_LEASE_SECONDS)
     stuck = OutboxMessage.objects.filter(status=Status.SENDING, claimed_at__lt=now - lease)
     for message in stuck.select_related("patient"):
+        # Only if the claim is still exactly as read: a live sender renews it before each send
+        # (see _renew_claim), and then this update matches nothing.
+        held = OutboxMessage.objects.filter(
+            pk=message.pk, status=Status.SENDING, claim=message.claim, claimed_at=message.claimed_at
+        )
         started = message.attempts_log.filter(outcome=Attempt.Outcome.STARTED).last()
-        if started is None or _resend_is_deduped(message, now):
-            # Nothing reached a provider, or the provider dedupes a resend: try again.
-            if started is not None:
-                _close(started, Attempt.Outcome.UNKNOWN, Exception("sender died; retried"))
-            _finish(message, status=Status.QUEUED, next_attempt_at=now)
-            results["requeued"] += 1
-        else:
-            _unknown(message, started, "sender died during the send; check with the provider")
-            results[Status.UNKNOWN] += 1
+        with transaction.atomic():
+            if started is None or _resend_is_deduped(message, now):
+                # Nothing reached a provider, or the provider dedupes a resend: try again.
+                if not held.update(status=Status.QUEUED, claim="", next_attempt_at=now):
+                    continue
+                if started is not None:
+                    _close(started, Attempt.Outcome.UNKNOWN, Exception("sender died; retried"))
+                results["requeued"] += 1
+            else:
+                error = "sender died during the send; check with the provider"
+                if not held.update(
+                    status=Status.UNKNOWN, claim="", attempts=F("attempts") + 1, error=error
+                ):
+                    continue
+                _close(started, Attempt.Outcome.UNKNOWN, Exception(error))
+                _ask_staff_to_review(message)
+                results[Status.UNKNOWN] += 1
     return results
+
+
+def _renew_claim(message: OutboxMessage, now: datetime) -> bool:
+    """Refresh this run's hold on `message` just before sending it; False when recovery took it
+    back meanwhile (this run was slower than the lease), so someone else may be sending it."""
+    message.claimed_at = now
+    return bool(
+        OutboxMessage.objects.filter(
+            pk=message.pk, status=Status.SENDING, claim=message.claim
+        ).update(claimed_at=now)
+    )
 
 
 class RateLimiter:
@@ -270,7 +301,11 @@ def messages_dispatch(*, batch_size: int = 50, time_budget: float = 50.0) -> Cou
                 _release(claimed[index:])
                 break
             limiter.wait(message.channel)
-            results[message_send(message=message, now=timezone.now(), profile=profile)] += 1
+            now = timezone.now()
+            if not _renew_claim(message, now):
+                results["claim lost"] += 1
+                continue
+            results[message_send(message=message, now=now, profile=profile)] += 1
     return results
 
 

@@ -330,3 +330,33 @@ def test_two_dispatchers_at_once_send_each_message_once(memory_channels):
     sent = [m.id for m in memory_channels]
     assert len(sent) == len(set(sent)) == 40
     assert set(OutboxMessage.objects.values_list("status", flat=True)) == {Status.SENT}
+
+
+def test_recovery_leaves_a_claim_its_sender_renewed(notice, settings):
+    from reminders.services import _renew_claim, messages_claim
+
+    settings.DISPATCH_CLAIM_LEASE_SECONDS = 60
+    [claimed] = messages_claim(now=taipei(2026, 11, 24, 10, 0), limit=5)
+    # The sender is slow but alive: it renews just before sending.
+    assert _renew_claim(claimed, taipei(2026, 11, 24, 10, 2))
+
+    with time_machine.travel(taipei(2026, 11, 24, 10, 2, 30), tick=False):
+        result = messages_recover(now=taipei(2026, 11, 24, 10, 2, 30))
+
+    assert not result
+    assert OutboxMessage.objects.get().status == Status.SENDING
+
+
+def test_a_sender_slower_than_the_lease_does_not_send_what_recovery_took_back(
+    notice, settings, memory_channels
+):
+    from reminders.services import _renew_claim, messages_claim
+
+    settings.DISPATCH_CLAIM_LEASE_SECONDS = 60
+    [claimed] = messages_claim(now=taipei(2026, 11, 24, 10, 0), limit=5)
+    with time_machine.travel(taipei(2026, 11, 24, 10, 5), tick=False):
+        assert messages_recover(now=taipei(2026, 11, 24, 10, 5)) == {"requeued": 1}
+
+    assert not _renew_claim(claimed, taipei(2026, 11, 24, 10, 5, 1))
+    dispatch(taipei(2026, 11, 24, 10, 6))
+    assert [m.id for m in memory_channels] == [notice.uuid]
