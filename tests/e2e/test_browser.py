@@ -84,6 +84,7 @@ def test_front_desk_finds_a_patient_by_phone_and_the_view_is_audited(browser, li
     browser.get(f"{live_server.url}/admin/patients/patient/")
     search = browser.find_element(By.ID, "searchbar")
     search.send_keys("0912-345-678", Keys.ENTER)
+    wait_until(lambda: "q=" in browser.current_url)  # the old, unfiltered list is gone
     rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
     assert len(rows) == 1 and "林美玲" in rows[0].text
     rows[0].find_element(By.CSS_SELECTOR, "th a").click()
