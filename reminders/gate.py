@@ -48,6 +48,9 @@ def message_gate(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
     """What to do with a claimed message at `now`. Reads fresh data; writes nothing."""
     if now >= message.expires_at:
         return Verdict("drop", "stale: no longer useful")
+    if not message.rule.enabled:
+        # Staff who switch a rule off expect its pending messages to stop too.
+        return Verdict("drop", "rule switched off")
     if reason := _subject_gone(message):
         return Verdict("drop", reason)
     decision = may_contact(

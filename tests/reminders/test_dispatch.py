@@ -360,3 +360,13 @@ def test_a_sender_slower_than_the_lease_does_not_send_what_recovery_took_back(
     assert not _renew_claim(claimed, taipei(2026, 11, 24, 10, 5, 1))
     dispatch(taipei(2026, 11, 24, 10, 6))
     assert [m.id for m in memory_channels] == [notice.uuid]
+
+
+def test_switching_a_rule_off_stops_its_queued_messages(notice, memory_channels):
+    Rule.objects.filter(pk=notice.rule_id).update(enabled=False)
+
+    dispatch(taipei(2026, 11, 24, 10, 1))
+
+    assert memory_channels == []
+    notice.refresh_from_db()
+    assert (notice.status, notice.error) == (Status.DROPPED, "rule switched off")
