@@ -31,7 +31,7 @@ class AttemptInline(ReadOnlyInline):
 
 
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class OutboxMessageAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     """Read-only: the planner writes messages and dispatch moves them on. Staff only settle the
     ones whose outcome is unknown, after checking with the provider."""
 
@@ -80,15 +80,6 @@ class OutboxMessageAdmin(AuditedAdminMixin, admin.ModelAdmin):
     @admin.display(description=_("patient"))
     def patient_link(self, obj):
         return _patient_link(obj.patient)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_resolve_permission(self, request):
         # The change page stays read-only for everyone; settling an unknown outcome is the one
