@@ -135,3 +135,20 @@ def test_dev_file_never_overrides_the_environment(tmp_path, monkeypatch):
     assert os.environ["CRM_TEST_SET"] == "from-environment"
     assert os.environ["CRM_TEST_UNSET"] == "from-file"
     assert "CRM_TEST_COMMENT" not in os.environ
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "broker"),
+    [("", "ORM"), ("redis://127.0.0.1:6379/15", "Redis")],
+)
+def test_worker_uses_the_database_broker_unless_redis_url_is_set(redis_url, broker):
+    env = {**os.environ, "REDIS_URL": redis_url}
+    probe = (
+        "from django_q.brokers import get_broker; b = get_broker(); "
+        "print(type(b).__name__, b.ping())"
+    )
+
+    result = manage("shell", "-c", probe, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"{broker} True"
