@@ -1,12 +1,16 @@
 """The send gate, checked again just before a message leaves: the world may have moved since
-it was planned (consent withdrawn, appointment moved, refill already picked up, night fell)."""
+it was planned (consent withdrawn, appointment moved, refill already picked up, night fell).
+
+Reasons are written in the worker's language (the clinic's, LANGUAGE_CODE): staff read them."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Max
+from django.utils.translation import gettext as _
 
+from campaigns.models import SkipReason
 from campaigns.sendwindow import next_send_time
 from consent.selectors import may_contact
 from patients.models import Appointment, ClinicProfile
@@ -32,32 +36,32 @@ def _subject_gone(message: OutboxMessage) -> str:
     """Why what the message is about no longer holds, or ""."""
     if appointment := message.appointment:
         if appointment.status not in (Appointment.Status.BOOKED, Appointment.Status.CONFIRMED):
-            return f"appointment {appointment.status}"
+            return _("appointment %(status)s") % {"status": appointment.get_status_display()}
         if appointment.starts_at != message.anchor_at:
-            return "appointment rescheduled"
+            return _("appointment rescheduled")
         if message.rule.asks_confirmation and appointment.status == Appointment.Status.CONFIRMED:
-            return "appointment already confirmed"
+            return _("appointment already confirmed")
     if message.refill_window and message.refill_window.picked_up_on:
-        return "refill already picked up"
+        return _("refill already picked up")
     if message.prescription and message.anchor_at and not message.prescription.dose_reminders:
-        return "dose reminders turned off"
+        return _("dose reminders turned off")
     return ""
 
 
 def message_gate(*, message: OutboxMessage, now: datetime, profile: ClinicProfile) -> Verdict:
     """What to do with a claimed message at `now`. Reads fresh data; writes nothing."""
     if now >= message.expires_at:
-        return Verdict("drop", "stale: no longer useful")
+        return Verdict("drop", _("stale: no longer useful"))
     if not message.rule.enabled:
         # Staff who switch a rule off expect its pending messages to stop too.
-        return Verdict("drop", "rule switched off")
+        return Verdict("drop", _("rule switched off"))
     if reason := _subject_gone(message):
         return Verdict("drop", reason)
     decision = may_contact(
         patient=message.patient, purpose=message.purpose, channel=message.channel
     )
     if not decision.allowed:
-        return Verdict("switch", decision.reason)
+        return Verdict("switch", str(SkipReason(decision.reason).label))
     if message.purpose == "relationship":
         recent = (
             OutboxMessage.objects.filter(
@@ -70,7 +74,7 @@ def message_gate(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
             .count()
         )
         if recent >= settings.RELATIONSHIP_MESSAGES_PER_30_DAYS:
-            return Verdict("drop", "frequency cap reached")
+            return Verdict("drop", _("frequency cap reached"))
     opens = next_send_time(now, profile)
     if opens > now:
         return _wait_or_stale(opens, message)
@@ -88,5 +92,5 @@ def message_gate(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
 
 def _wait_or_stale(until: datetime, message: OutboxMessage) -> Verdict:
     if until >= message.expires_at:
-        return Verdict("drop", "stale: the send window opens too late")
+        return Verdict("drop", _("stale: the send window opens too late"))
     return Verdict("wait", until=until)

@@ -21,6 +21,7 @@ from django.db.models import DateTimeField, Exists, F, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import escape, linebreaks
+from django.utils.translation import gettext as _
 
 from consent.models import Channel
 from patients.models import ClinicProfile
@@ -106,7 +107,7 @@ def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
         _finish(message, status=Status.QUEUED, next_attempt_at=verdict.until)
         return "waiting"
     if verdict.action == "switch":
-        reason = f"{message.channel}: {verdict.reason}"
+        reason = f"{Channel(message.channel).label}: {verdict.reason}"
         return _next_channel(message, now=now, reason=reason, exhausted=Status.DROPPED)
 
     attempt = Attempt.objects.create(message=message, channel=message.channel, started_at=now)
@@ -119,7 +120,7 @@ def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
             attempt, Attempt.Outcome.PERMANENT if exc.permanent else Attempt.Outcome.TRANSIENT, exc
         )
         if exc.permanent:
-            reason = f"{message.channel}: {exc}"
+            reason = f"{Channel(message.channel).label}: {exc}"
             return _next_channel(message, now=now, reason=reason, exhausted=Status.FAILED)
         return _retry_later(message, now=now, error=exc)
     # One commit for both: a crash between them left a message still `sending` whose attempt
@@ -233,10 +234,12 @@ def messages_recover(*, now: datetime) -> Counter:
                 if not held.update(status=Status.QUEUED, claim="", next_attempt_at=now):
                     continue
                 if started is not None:
-                    _close(started, Attempt.Outcome.UNKNOWN, Exception("sender died; retried"))
+                    _close(
+                        started, Attempt.Outcome.UNKNOWN, Exception(_("sender died; sent again"))
+                    )
                 results["requeued"] += 1
             else:
-                error = "sender died during the send; check with the provider"
+                error = _("sender died during the send; check with the provider")
                 if not held.update(
                     status=Status.UNKNOWN, claim="", attempts=F("attempts") + 1, error=error
                 ):
@@ -377,6 +380,9 @@ def message_delivery_report(*, provider_id: str, provider_status: str, error_cod
         )
         return Status.DELIVERED
     if provider_status in UNDELIVERED_STATUSES:
-        reason = f"{message.channel}: undelivered, error {error_code or 'unknown'}"
+        reason = _("%(channel)s: not delivered, error %(code)s") % {
+            "channel": Channel(message.channel).label,
+            "code": error_code or "?",
+        }
         return _next_channel(message, now=timezone.now(), reason=reason, exhausted=Status.FAILED)
     return ""

@@ -5,6 +5,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 from django.db import connection
+from django.utils import translation
 
 from campaigns.models import Rule
 from campaigns.planner import plan_due_messages
@@ -24,6 +25,13 @@ MEMORY = "reminders.channels.memory.MemoryChannel"
 
 def taipei(*args) -> dt.datetime:
     return dt.datetime(*args, tzinfo=TPE)
+
+
+@pytest.fixture(autouse=True)
+def _english():
+    """Reasons are written in the worker's language; these tests read them in English."""
+    with translation.override("en"):
+        yield
 
 
 @pytest.fixture(autouse=True)
