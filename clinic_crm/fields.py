@@ -47,10 +47,18 @@ class _DecryptingAttribute(DeferredAttribute):
 
 
 class EncryptedTextField(models.TextField):
-    """Text encrypted with AES-GCM, bound to table, column and the row's `uuid`."""
+    """Text encrypted with AES-GCM, bound to table, column and the row's `uuid`.
+
+    `erase_with_patient` marks text about a patient that isn't a medical record the law makes
+    us keep (a message we sent): patients.services.patient_erase blanks it.
+    """
 
     descriptor_class = _DecryptingAttribute
     form_widget: type[forms.Widget] = forms.Textarea
+
+    def __init__(self, *args, erase_with_patient: bool = False, **kwargs):
+        self.erase_with_patient = erase_with_patient
+        super().__init__(*args, **kwargs)
 
     def context(self, instance) -> str:
         return f"{self.model._meta.db_table}.{self.column}.{instance.uuid}"

@@ -92,6 +92,23 @@ ERASED_FIELDS = [
 ]
 
 
+def _erase_related_texts(patient: Patient) -> None:
+    """Blank the texts other apps keep about the patient and flag as erasable (messages sent),
+    without patients/ knowing those apps: the flag lives on the field."""
+    for rel in Patient._meta.related_objects:
+        if not rel.one_to_many:
+            continue
+        names = [
+            f.name
+            for f in rel.related_model._meta.concrete_fields
+            if getattr(f, "erase_with_patient", False)
+        ]
+        if names:
+            rel.related_model._base_manager.filter(**{rel.field.name: patient}).update(
+                **{name: "" for name in names}
+            )
+
+
 @transaction.atomic
 def patient_erase(*, patient: Patient, actor, path: str = "") -> Patient:
     """Anonymise a patient's contact data and stop all messaging.
@@ -110,5 +127,6 @@ def patient_erase(*, patient: Patient, actor, path: str = "") -> Patient:
         setattr(patient, name, "")
     patient.erased_at = timezone.now()
     patient.save()
+    _erase_related_texts(patient)
     audit_record(actor=actor, action=AuditEntry.Action.ERASE, patients=[patient], path=path)
     return patient

@@ -41,7 +41,7 @@ class OutboxMessage(models.Model):
     )
     # {"line": ["subject", "body"], ...} for channels_left, rendered when planned. Encrypted:
     # the texts name the patient.
-    fallbacks = EncryptedTextField(blank=True)
+    fallbacks = EncryptedTextField(blank=True, erase_with_patient=True)
     status = models.CharField(
         _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED
     )
@@ -54,8 +54,8 @@ class OutboxMessage(models.Model):
     claim = models.CharField(max_length=32, blank=True, help_text="Which dispatch run holds it.")
     provider_id = models.CharField(_("provider id"), max_length=100, blank=True)
     error = models.CharField(_("error or reason"), max_length=300, blank=True)
-    subject = EncryptedCharField(_("subject"), max_length=150, blank=True)
-    body = EncryptedTextField(_("text"))
+    subject = EncryptedCharField(_("subject"), max_length=150, blank=True, erase_with_patient=True)
+    body = EncryptedTextField(_("text"), erase_with_patient=True)
     # What the message is about, re-checked just before sending (cancelled, rescheduled, …).
     appointment = models.ForeignKey(Appointment, on_delete=models.PROTECT, null=True, blank=True)
     procedure = models.ForeignKey(Procedure, on_delete=models.PROTECT, null=True, blank=True)

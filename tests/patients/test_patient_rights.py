@@ -7,12 +7,15 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
+from campaigns.models import Rule
 from consent.models import Channel, ConsentEntry, ConsentState, Purpose
 from consent.selectors import may_contact
 from patients.models import AuditEntry, Patient, Prescription, Visit
 from patients.selectors import patient_search
 from patients.services import patient_erase, prescription_sync_refills
+from reminders.models import OutboxMessage
 from tests.factories import PatientFactory, PrescriptionFactory, VisitFactory, grant, withdraw
 
 pytestmark = pytest.mark.django_db
@@ -187,3 +190,30 @@ def test_erasure_is_audited(patient, manager_user):
     assert entry.actor == manager_user
     assert entry.actor_name == manager_user.get_username()
     assert list(entry.patients.all()) == [patient]
+
+
+def test_erasure_blanks_the_texts_of_messages_but_keeps_their_count(patient, manager_user):
+    # given a sent message naming the patient
+    now = timezone.now()
+    OutboxMessage.objects.create(
+        rule=Rule.objects.get(name__startswith="回診通知"),
+        patient=patient,
+        occurrence_key="k",
+        purpose="care",
+        channel="sms",
+        status="sent",
+        due_at=now,
+        next_attempt_at=now,
+        expires_at=now,
+        subject="回診通知",
+        body=f"{NAME}您好，提醒您明天回診",
+        fallbacks='{"email": ["回診通知", "陳小姐您好"]}',
+    )
+
+    # when
+    patient_erase(patient=patient, actor=manager_user)
+
+    # then
+    message = OutboxMessage.objects.get(patient=patient)
+    assert (message.subject, message.body, message.fallbacks) == ("", "", "")
+    assert message.status == "sent"
