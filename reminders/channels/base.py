@@ -57,3 +57,17 @@ def _load(dotted_path: str) -> Channel:
 def get_channel(name: str) -> Channel:
     """The adapter configured for `name` in settings.REMINDER_CHANNELS, created once."""
     return _load(settings.REMINDER_CHANNELS[name])
+
+
+class InvalidSignature(Exception):
+    """A webhook request not signed by the provider: refuse it, change nothing."""
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """Something a patient did on a channel, as our code sees it, whatever the provider."""
+
+    channel: str  # "sms" or "line"
+    kind: str  # "text", "unfollow" (LINE: blocked us) or "follow"
+    sender: str  # E.164 phone or LINE user id
+    text: str = ""

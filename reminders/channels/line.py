@@ -5,6 +5,7 @@ import logging
 
 import urllib3
 from django.conf import settings
+from linebot.v3.exceptions import InvalidSignatureError
 from linebot.v3.messaging import (
     ApiClient,
     ApiException,
@@ -13,8 +14,15 @@ from linebot.v3.messaging import (
     PushMessageRequest,
     TextMessage,
 )
+from linebot.v3.webhook import WebhookParser
+from linebot.v3.webhooks import (
+    FollowEvent,
+    MessageEvent,
+    TextMessageContent,
+    UnfollowEvent,
+)
 
-from .base import Channel, ChannelError, OutgoingMessage
+from .base import Channel, ChannelError, Inbound, InvalidSignature, OutgoingMessage
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +124,29 @@ def _seconds(value) -> float | None:
         return max(float(value), 0.0)
     except (TypeError, ValueError):
         return None
+
+
+def inbound_events(body: str, signature: str) -> list[Inbound]:
+    """The events of a LINE webhook call that we act on; raises InvalidSignature unless LINE
+    signed `body` with our channel secret (X-Line-Signature)."""
+    secret = settings.LINE_CHANNEL_SECRET
+    if not secret:
+        raise InvalidSignature("LINE_CHANNEL_SECRET is not set")
+    try:
+        events = WebhookParser(secret).parse(body, signature)
+    except InvalidSignatureError as exc:
+        raise InvalidSignature("X-Line-Signature does not match") from exc
+    found = []
+    for event in events:
+        user_id = getattr(getattr(event, "source", None), "user_id", None)
+        if not user_id:  # group and room events carry no one patient
+            continue
+        if isinstance(event, UnfollowEvent):
+            found.append(Inbound(channel="line", kind="unfollow", sender=user_id))
+        elif isinstance(event, FollowEvent):
+            found.append(Inbound(channel="line", kind="follow", sender=user_id))
+        elif isinstance(event, MessageEvent) and isinstance(event.message, TextMessageContent):
+            found.append(
+                Inbound(channel="line", kind="text", sender=user_id, text=event.message.text)
+            )
+    return found

@@ -6,10 +6,18 @@ import requests
 from django.conf import settings
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
+from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from urllib3.exceptions import NewConnectionError
 
-from .base import Channel, ChannelError, OutcomeUnknown, OutgoingMessage
+from .base import (
+    Channel,
+    ChannelError,
+    Inbound,
+    InvalidSignature,
+    OutcomeUnknown,
+    OutgoingMessage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +151,19 @@ def _seconds(value) -> float | None:
         return max(float(value), 0.0)
     except (TypeError, ValueError):
         return None  # absent, or an HTTP date: let the outbox use its own backoff
+
+
+def verified_params(url: str, params: dict[str, str], signature: str) -> dict[str, str]:
+    """`params` of a Twilio webhook call to `url`; raises InvalidSignature unless Twilio signed
+    them with our auth token (X-Twilio-Signature covers the exact public URL and every param)."""
+    token = settings.TWILIO_AUTH_TOKEN
+    if not token or not RequestValidator(token).validate(url, params, signature):
+        raise InvalidSignature("X-Twilio-Signature does not match")
+    return params
+
+
+def inbound_sms(params: dict[str, str]) -> Inbound:
+    """A verified incoming-SMS webhook call as an Inbound text."""
+    return Inbound(
+        channel="sms", kind="text", sender=params.get("From", ""), text=params.get("Body", "")
+    )
