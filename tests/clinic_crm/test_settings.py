@@ -141,8 +141,10 @@ def test_dev_file_never_overrides_the_environment(tmp_path, monkeypatch):
     ("redis_url", "broker"),
     [("", "ORM"), ("redis://127.0.0.1:6379/15", "Redis")],
 )
-def test_worker_uses_the_database_broker_unless_redis_url_is_set(redis_url, broker):
-    env = {**os.environ, "REDIS_URL": redis_url}
+def test_worker_uses_the_database_broker_unless_redis_url_is_set(redis_url, broker, tmp_path):
+    # Its own database: the test database may not be reachable by name from a subprocess.
+    database = f"sqlite:///{tmp_path / 'probe.sqlite3'}"
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database}
     probe = (
         "from django_q.brokers import get_broker; b = get_broker(); "
         "print(type(b).__name__, b.ping())"
