@@ -308,7 +308,14 @@ def messages_dispatch(*, batch_size: int = 50, time_budget: float = 50.0) -> Cou
             if not _renew_claim(message, now):
                 results["claim lost"] += 1
                 continue
-            results[message_send(message=message, now=now, profile=profile)] += 1
+            try:
+                results[message_send(message=message, now=now, profile=profile)] += 1
+            except Exception:
+                # The message stays `sending`; recovery settles it after the lease, as if this
+                # worker had died (unknown if it may have reached the provider). The rest of the
+                # batch still goes out.
+                log.exception("dispatching message %s failed", message.pk)
+                results["error"] += 1
     return results
 
 

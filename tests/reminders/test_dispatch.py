@@ -378,3 +378,29 @@ def test_switching_a_rule_off_stops_its_queued_messages(notice, memory_channels)
     assert memory_channels == []
     notice.refresh_from_db()
     assert (notice.status, notice.error) == (Status.DROPPED, "rule switched off")
+
+
+def test_an_unexpected_error_on_one_message_does_not_stop_the_others(
+    clinic, memory_channels, monkeypatch
+):
+    only("回診通知")
+    for _ in range(2):
+        patient = PatientFactory()
+        grant(patient, Purpose.CARE, Channel.SMS)
+        AppointmentFactory(patient=patient, starts_at=taipei(2026, 12, 1, 14, 30))
+    plan(taipei(2026, 11, 24, 8, 0))
+    first = OutboxMessage.objects.order_by("id").first()
+    real_send = MemoryChannel.send
+
+    def send(self, message):
+        if message.id == first.uuid:
+            raise RuntimeError("a bug")
+        return real_send(self, message)
+
+    monkeypatch.setattr(MemoryChannel, "send", send)
+
+    result = dispatch(taipei(2026, 11, 24, 10, 1))
+
+    assert result["error"] == 1 and result[Status.SENT] == 1
+    first.refresh_from_db()
+    assert first.status == Status.SENDING  # left for recovery, which will call it unknown
