@@ -169,6 +169,7 @@ def _refill(rule: Rule, today: date, now: datetime, *, anchor: str):
     ).annotate(
         window_id=F("id"),
         rx_id=F("prescription_id"),
+        window_opens=F("opens_on"),
         window_closes=F("closes_on"),
         anchor_day=F(anchor),
     )
@@ -181,6 +182,9 @@ def _refill(rule: Rule, today: date, now: datetime, *, anchor: str):
             at_local(today, rule.send_time),
             day_bounds(row["window_closes"])[1],
             refs={"refill_window_id": row["window_id"], "prescription_id": row["rx_id"]},
+            # The window as the text states it, from its opening to the end of its last day:
+            # the gate drops the message if the window moves before it goes out.
+            anchor_at=day_bounds(row["window_opens"])[0],
         )
 
     return qs, "prescription__patient_id", expand
@@ -299,8 +303,20 @@ def _extra_fields(kind: str) -> list[str]:
         RuleKind.BIRTHDAY: ["birth_mmdd"],
         RuleKind.POSTOP: ["procedure_id", "discharged"],
         RuleKind.DOSE: ["prescription_id", "start", "days", "times"],
-        RuleKind.REFILL_OPENS: ["window_id", "rx_id", "window_closes", "anchor_day"],
-        RuleKind.REFILL_CLOSES: ["window_id", "rx_id", "window_closes", "anchor_day"],
+        RuleKind.REFILL_OPENS: [
+            "window_id",
+            "rx_id",
+            "window_opens",
+            "window_closes",
+            "anchor_day",
+        ],
+        RuleKind.REFILL_CLOSES: [
+            "window_id",
+            "rx_id",
+            "window_opens",
+            "window_closes",
+            "anchor_day",
+        ],
         RuleKind.APPOINTMENT: [
             "appointment_id",
             "starts",

@@ -4,14 +4,15 @@ it was planned (consent withdrawn, appointment moved, refill already picked up, 
 Reasons are written in the worker's language (the clinic's, LANGUAGE_CODE): staff read them."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 from django.conf import settings
 from django.db.models import Max
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from campaigns.models import SkipReason
-from campaigns.sendwindow import next_send_time
+from campaigns.models import RuleKind, SkipReason
+from campaigns.sendwindow import at_local, next_send_time
 from consent.selectors import may_contact
 from patients.models import Appointment, ClinicProfile
 from reminders.models import OutboxMessage, Status
@@ -33,18 +34,37 @@ SEND = Verdict("send")
 
 
 def _subject_gone(message: OutboxMessage) -> str:
-    """Why what the message is about no longer holds, or ""."""
-    if appointment := message.appointment:
+    """Why what the message says no longer holds (cancelled, moved, changed), or ""."""
+    kind = message.rule.kind
+    if kind == RuleKind.APPOINTMENT:
+        appointment = message.appointment
         if appointment.status not in (Appointment.Status.BOOKED, Appointment.Status.CONFIRMED):
             return _("appointment %(status)s") % {"status": appointment.get_status_display()}
         if appointment.starts_at != message.anchor_at:
             return _("appointment rescheduled")
         if message.rule.asks_confirmation and appointment.status == Appointment.Status.CONFIRMED:
             return _("appointment already confirmed")
-    if message.refill_window and message.refill_window.picked_up_on:
-        return _("refill already picked up")
-    if message.prescription and message.anchor_at and not message.prescription.dose_reminders:
-        return _("dose reminders turned off")
+    elif kind in (RuleKind.REFILL_OPENS, RuleKind.REFILL_CLOSES):
+        window = message.refill_window
+        if window is None:
+            return _("refill window removed")
+        if window.picked_up_on:
+            return _("refill already picked up")
+        if not message.prescription.refill_reminders:
+            return _("refill reminders turned off")
+        # The text names the window's dates: planned as its opening and the end of its last day.
+        opens = at_local(window.opens_on, time.min)
+        ends = at_local(window.closes_on + timedelta(days=1), time.min)
+        if (message.anchor_at, message.expires_at) != (opens, ends):
+            return _("refill window changed")
+    elif kind == RuleKind.DOSE:
+        prescription = message.prescription
+        if not prescription.dose_reminders:
+            return _("dose reminders turned off")
+        dose_at = timezone.localtime(message.anchor_at)
+        still_prescribed = prescription.start_date <= dose_at.date() <= prescription.end_date
+        if not still_prescribed or dose_at.strftime("%H:%M") not in prescription.dose_times:
+            return _("dose time changed")
     return ""
 
 

@@ -60,7 +60,10 @@ class OutboxMessage(models.Model):
     appointment = models.ForeignKey(Appointment, on_delete=models.PROTECT, null=True, blank=True)
     procedure = models.ForeignKey(Procedure, on_delete=models.PROTECT, null=True, blank=True)
     prescription = models.ForeignKey(Prescription, on_delete=models.PROTECT, null=True, blank=True)
-    refill_window = models.ForeignKey(RefillWindow, on_delete=models.PROTECT, null=True, blank=True)
+    # SET_NULL: staff may shorten a prescription's refills; the gate then drops the message.
+    refill_window = models.ForeignKey(
+        RefillWindow, on_delete=models.SET_NULL, null=True, blank=True
+    )
     anchor_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)

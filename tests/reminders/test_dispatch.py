@@ -11,6 +11,7 @@ from campaigns.models import Rule
 from campaigns.planner import plan_due_messages
 from consent.models import Channel, Purpose
 from patients.models import Appointment, ClinicProfile
+from patients.services import prescription_sync_refills
 from reminders.channels import memory
 from reminders.channels.base import ChannelError, OutcomeUnknown, _load
 from reminders.channels.memory import MemoryChannel
@@ -404,3 +405,77 @@ def test_an_unexpected_error_on_one_message_does_not_stop_the_others(
     assert result["error"] == 1 and result[Status.SENT] == 1
     first.refresh_from_db()
     assert first.status == Status.SENDING  # left for recovery, which will call it unknown
+
+
+@pytest.fixture
+def refill_opening(clinic):
+    """A refill window opening today (Nov 19), its reminder planned for 10:00."""
+    only("慢箋可領藥")
+    patient = PatientFactory()
+    grant(patient, Purpose.CARE, Channel.SMS)
+    prescription = PrescriptionFactory(
+        patient=patient, start_date=dt.date(2026, 11, 1), days_supplied=28, refills=2
+    )
+    prescription_sync_refills(prescription=prescription)
+    plan(taipei(2026, 11, 19, 8, 0))
+    return OutboxMessage.objects.get()
+
+
+def test_refill_reminder_whose_window_moved_is_dropped_not_sent_with_old_dates(
+    refill_opening, memory_channels
+):
+    prescription = refill_opening.prescription
+    prescription.start_date = dt.date(2026, 11, 3)  # the front desk corrects the start date
+    prescription.save()
+    prescription_sync_refills(prescription=prescription)
+
+    dispatch(taipei(2026, 11, 19, 10, 1))
+
+    assert memory_channels == []
+    refill_opening.refresh_from_db()
+    assert (refill_opening.status, refill_opening.error) == (
+        Status.DROPPED,
+        "refill window changed",
+    )
+
+
+def test_fewer_refills_after_a_reminder_was_queued_drops_it_instead_of_failing(
+    refill_opening, memory_channels
+):
+    prescription = refill_opening.prescription
+    prescription.refills = 0
+    prescription.save()
+    prescription_sync_refills(prescription=prescription)  # used to raise ProtectedError
+
+    dispatch(taipei(2026, 11, 19, 10, 1))
+
+    assert memory_channels == []
+    refill_opening.refresh_from_db()
+    assert refill_opening.error == "refill window removed"
+
+
+def test_refill_reminder_goes_out_when_nothing_changed(refill_opening, memory_channels):
+    dispatch(taipei(2026, 11, 19, 10, 1))
+
+    assert [m.id for m in memory_channels] == [refill_opening.uuid]
+
+
+def test_dose_reminder_for_a_dose_time_the_doctor_changed_is_dropped(clinic, memory_channels):
+    only("用藥提醒")
+    patient = PatientFactory()
+    grant(patient, Purpose.CARE, Channel.SMS)
+    prescription = PrescriptionFactory(
+        patient=patient,
+        dose_times=["12:00"],
+        start_date=dt.date(2026, 11, 24),
+        days_supplied=3,
+        dose_reminders=True,
+    )
+    plan(taipei(2026, 11, 24, 9, 0))
+    prescription.dose_times = ["13:00"]
+    prescription.save()
+
+    dispatch(taipei(2026, 11, 24, 11, 46))
+
+    assert memory_channels == []
+    assert OutboxMessage.objects.get(occurrence_key__contains="T12:00").error == "dose time changed"
