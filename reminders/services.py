@@ -372,19 +372,26 @@ DELIVERED_STATUSES = {"delivered", "read"}
 UNDELIVERED_STATUSES = {"undelivered", "failed"}
 
 
+@transaction.atomic
 def message_delivery_report(*, provider_id: str, provider_status: str, error_code: str = "") -> str:
     """Apply a provider's delivery report; returns what changed ("" when nothing did).
 
     Reports come more than once and out of order, so only a message still `sent` under this
     provider id moves: to delivered, or on to its next channel when the SMS never arrived.
     """
-    message = OutboxMessage.objects.filter(provider_id=provider_id, status=Status.SENT).first()
-    if message is None or not provider_id:
+    if not provider_id:
+        return ""
+    # Locked: of two reports read at once, the second must see what the first did, or it could
+    # requeue a message the next channel has sent meanwhile.
+    message = (
+        OutboxMessage.objects.select_for_update()
+        .filter(provider_id=provider_id, status=Status.SENT)
+        .first()
+    )
+    if message is None:
         return ""
     if provider_status in DELIVERED_STATUSES:
-        OutboxMessage.objects.filter(pk=message.pk, status=Status.SENT).update(
-            status=Status.DELIVERED, delivered_at=timezone.now()
-        )
+        _finish(message, status=Status.DELIVERED, delivered_at=timezone.now())
         return Status.DELIVERED
     if provider_status in UNDELIVERED_STATUSES:
         reason = _("%(channel)s: not delivered, error %(code)s") % {
