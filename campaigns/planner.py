@@ -31,6 +31,7 @@ from patients.models import (
     Procedure,
     RefillWindow,
     Visit,
+    age_on,
 )
 from reminders.models import OutboxMessage, StaffTask, Status
 
@@ -334,7 +335,7 @@ def outside_audience(rule: Rule, row: dict, today: date) -> bool:
         born = row["birth"]
         if born is None:
             return True
-        age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        age = age_on(born, today)
         if (rule.min_age is not None and age < rule.min_age) or (
             rule.max_age is not None and age > rule.max_age
         ):

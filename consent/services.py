@@ -6,6 +6,15 @@ from django.utils import timezone
 from consent.models import Action, Channel, ConsentEntry, ConsentState, Purpose, Source
 from patients.models import Patient
 
+CHOICES = {"purpose": Purpose, "channel": Channel, "action": Action, "source": Source}
+
+
+def _check_choices(**values: str) -> None:
+    """Raises ValueError naming the first value that isn't one of its field's choices."""
+    for kind, value in values.items():
+        if value not in CHOICES[kind].values:
+            raise ValueError(f"unknown {kind}: {value!r}")
+
 
 @transaction.atomic
 def consent_record(
@@ -24,14 +33,7 @@ def consent_record(
     A back-dated entry (a paper form typed in late) is kept in the ledger but doesn't undo a
     newer decision. Raises ValueError for an unknown purpose, channel, action or source.
     """
-    for value, choices in (
-        (purpose, Purpose),
-        (channel, Channel),
-        (action, Action),
-        (source, Source),
-    ):
-        if value not in choices.values:
-            raise ValueError(f"unknown {choices.__name__.lower()}: {value!r}")
+    _check_choices(purpose=purpose, channel=channel, action=action, source=source)
     entry = ConsentEntry.objects.create(
         patient=patient,
         purpose=purpose,
@@ -104,20 +106,10 @@ def consent_bulk_record(*, entries: list[ConsentEntry]) -> int:
     """
     if not entries:
         return 0
-    allowed = [
-        (kind, frozenset(choices.values))
-        for kind, choices in (
-            ("purpose", Purpose),
-            ("channel", Channel),
-            ("action", Action),
-            ("source", Source),
-        )
-    ]
     for entry in entries:
-        values = (entry.purpose, entry.channel, entry.action, entry.source)
-        for value, (kind, known) in zip(values, allowed, strict=True):
-            if value not in known:
-                raise ValueError(f"unknown {kind}: {value!r}")
+        _check_choices(
+            purpose=entry.purpose, channel=entry.channel, action=entry.action, source=entry.source
+        )
     # Each state points at its entry, so the entries' ids must come back from the INSERT.
     db = router.db_for_write(ConsentEntry)
     if not transaction.get_connection(db).features.can_return_rows_from_bulk_insert:

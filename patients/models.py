@@ -112,6 +112,11 @@ class MonthDayField(models.PositiveSmallIntegerField):
         return value
 
 
+def age_on(born: date, day: date) -> int:
+    """Age in whole years on `day` of someone born on `born`."""
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
 chart_no_validator = RegexValidator(
     r"^[A-Z0-9-]{1,20}$", _("A chart number uses letters, digits and dashes only.")
 )
@@ -232,10 +237,7 @@ class Patient(models.Model):
         return cls._meta.get_field(f"{field}_bidx").digest(raw)
 
     def age_on(self, day: date) -> int | None:
-        if not self.birth_date:
-            return None
-        born = self.birth_date
-        return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+        return age_on(self.birth_date, day) if self.birth_date else None
 
 
 class Visit(models.Model):

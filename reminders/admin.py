@@ -221,6 +221,9 @@ class PatientLatestInline(ReadOnlyInline):
     # The stock table, then a link to all of the patient's rows in the list page.
     template = "admin/reminders/latest_tabular.html"
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("rule")  # one query, not one a row
+
 
 class MessageInline(PatientLatestInline):
     model = OutboxMessage
