@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from campaigns.context import message_context
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
-from campaigns.sendwindow import at_local, fit
+from campaigns.sendwindow import at_local, day_bounds, fit
 from campaigns.templating import render
 from consent.selectors import choose_channel, consent_annotations, patient_prefix
 from patients.models import (
@@ -59,10 +59,6 @@ class Due:
 class PlanResult:
     queued: int = 0
     skipped: Counter = field(default_factory=Counter)
-
-
-def day_bounds(day: date) -> tuple[datetime, datetime]:
-    return at_local(day, time.min), at_local(day + timedelta(days=1), time.min)
 
 
 def days_in(days: list[date], field_name: str) -> Q:
@@ -389,15 +385,7 @@ def plan_rule(rule: Rule, *, now: datetime, profile: ClinicProfile, dry_run=Fals
             reason = SkipReason.STALE
         if reason:
             result.skipped[reason] += 1
-            skips.append(
-                Skip(
-                    rule=rule,
-                    patient_id=due.row["pid"],
-                    occurrence_key=due.occurrence_key,
-                    reason=reason,
-                    at=now,
-                )
-            )
+            skips.append(_skip(rule, due, reason, now))
         else:
             to_queue.append((due, channel, send_at))
     messages = _render_all(rule, to_queue, profile, result, skips, now)

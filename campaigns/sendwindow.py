@@ -12,6 +12,11 @@ def at_local(day: date, clock: time) -> datetime:
     return timezone.make_aware(datetime.combine(day, clock))
 
 
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """The start of `day` and of the day after, in the clinic's time zone."""
+    return at_local(day, time.min), at_local(day + timedelta(days=1), time.min)
+
+
 def next_send_time(moment: datetime, profile: ClinicProfile) -> datetime:
     """`moment` itself if the clinic may send then, else the next opening of its window."""
     local = timezone.localtime(moment)

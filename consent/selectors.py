@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q
 
 from consent.models import Channel, ConsentState
 from patients.models import Patient
@@ -52,25 +52,6 @@ def may_contact(*, patient: Patient, purpose: str, channel: str) -> Decision:
     if not row[contact_field]:
         return Decision(False, Reason.NO_CONTACT_POINT)
     return Decision(True)
-
-
-def contactable_q(*, purpose: str, channel: str, patient_ref: str = "pk") -> Q:
-    """The same answer as `may_contact`, as a filter over patients for set-based planning.
-
-    `patient_ref` names the patient's primary key in the queryset being filtered (for example
-    "patient_id" when filtering appointments).
-    """
-    prefix = "" if patient_ref == "pk" else patient_prefix(patient_ref)
-    granted = ConsentState.objects.filter(
-        patient_id=OuterRef(patient_ref), purpose=purpose, channel=channel, granted=True
-    )
-    return Q(Exists(granted)) & Q(
-        **{f"{prefix}erased_at__isnull": True, f"{prefix}{CONTACT_POINT[channel]}__isnull": False}
-    )
-
-
-def contactable_patients(*, purpose: str, channel: str) -> QuerySet[Patient]:
-    return Patient.objects.filter(contactable_q(purpose=purpose, channel=channel))
 
 
 def patient_prefix(patient_ref: str) -> str:

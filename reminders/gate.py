@@ -4,7 +4,7 @@ it was planned (consent withdrawn, appointment moved, refill already picked up, 
 Reasons are written in the worker's language (the clinic's, LANGUAGE_CODE): staff read them."""
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Max
@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from campaigns.models import RuleKind, SkipReason
-from campaigns.sendwindow import at_local, next_send_time
+from campaigns.sendwindow import day_bounds, next_send_time
 from consent.selectors import may_contact
 from patients.models import Appointment, ClinicProfile
 from reminders.models import OutboxMessage, Status
@@ -53,9 +53,10 @@ def _subject_gone(message: OutboxMessage) -> str:
         if not message.prescription.refill_reminders:
             return _("refill reminders turned off")
         # The text names the window's dates: planned as its opening and the end of its last day.
-        opens = at_local(window.opens_on, time.min)
-        ends = at_local(window.closes_on + timedelta(days=1), time.min)
-        if (message.anchor_at, message.expires_at) != (opens, ends):
+        if (message.anchor_at, message.expires_at) != (
+            day_bounds(window.opens_on)[0],
+            day_bounds(window.closes_on)[1],
+        ):
             return _("refill window changed")
     elif kind == RuleKind.DOSE:
         prescription = message.prescription
