@@ -38,6 +38,8 @@ def _subject_gone(message: OutboxMessage) -> str:
     kind = message.rule.kind
     if kind == RuleKind.APPOINTMENT:
         appointment = message.appointment
+        if appointment is None:
+            return _("appointment removed")
         if appointment.status not in (Appointment.Status.BOOKED, Appointment.Status.CONFIRMED):
             return _("appointment %(status)s") % {"status": appointment.get_status_display()}
         if appointment.starts_at != message.anchor_at:

@@ -479,3 +479,15 @@ def test_dose_reminder_for_a_dose_time_the_doctor_changed_is_dropped(clinic, mem
 
     assert memory_channels == []
     assert OutboxMessage.objects.get(occurrence_key__contains="T12:00").error == "dose time changed"
+
+
+def test_an_appointment_reminder_without_its_appointment_is_dropped_not_crashed(
+    notice, memory_channels
+):
+    OutboxMessage.objects.filter(pk=notice.pk).update(appointment=None)
+
+    dispatch(taipei(2026, 11, 24, 10, 1))
+
+    assert memory_channels == []
+    notice.refresh_from_db()
+    assert (notice.status, notice.error) == (Status.DROPPED, "appointment removed")
