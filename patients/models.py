@@ -477,8 +477,10 @@ class AuditEntry(AppendOnlyModel):
     )
     actor_name = models.CharField(_("staff member"), max_length=150, blank=True)
     action = models.CharField(_("action"), max_length=10, choices=Action.choices)
+    # The link rows are append-only too (AuditLink), so no patient can be taken out of an
+    # entry afterwards, and a patient with audit history can't be deleted.
     patients = models.ManyToManyField(
-        Patient, related_name="audit_entries", verbose_name=_("patients")
+        Patient, through="AuditLink", related_name="audit_entries", verbose_name=_("patients")
     )
     path = models.CharField(_("page"), max_length=300, blank=True)
     detail = models.CharField(_("detail"), max_length=300, blank=True)
@@ -490,3 +492,27 @@ class AuditEntry(AppendOnlyModel):
 
     def __str__(self):
         return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name} {self.get_action_display()}"
+
+
+class AuditLink(AppendOnlyModel):
+    """One patient an audit entry is about; written with the entry, never changed or deleted."""
+
+    entry = models.ForeignKey(
+        AuditEntry, on_delete=models.PROTECT, related_name="links", verbose_name=_("audit entry")
+    )
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="audit_links", verbose_name=_("patient")
+    )
+    # A pseudonym beside the key: the trail keeps saying which record it was about even if a
+    # patient row were ever removed by hand, past the ORM and the foreign key, which refuse it.
+    patient_uuid = models.UUIDField(_("patient reference"), editable=False)
+
+    class Meta:
+        verbose_name = _("audited patient")
+        verbose_name_plural = _("audited patients")
+        constraints = [
+            models.UniqueConstraint(fields=["entry", "patient"], name="audit_link_once")
+        ]
+
+    def __str__(self):
+        return str(self.patient_uuid)

@@ -9,9 +9,10 @@ from django.utils import timezone
 from clinic_crm.fields import BlindIndexField, EncryptedTextField
 from consent.models import Source
 from consent.services import consent_withdraw_all
-from patients.models import AuditEntry, Patient, Prescription, RefillWindow
+from patients.models import AuditEntry, AuditLink, Patient, Prescription, RefillWindow
 
 
+@transaction.atomic
 def audit_record(
     *,
     actor,
@@ -20,8 +21,16 @@ def audit_record(
     path: str = "",
     detail: str = "",
 ) -> AuditEntry:
-    """Write who did what to which patients' data. Call it wherever patient data is shown."""
+    """Write who did what to which patients' data. Call it wherever patient data is shown.
+
+    The entry and its link rows are written in one transaction; `path` and `detail` name the
+    page, never what was typed into it (a search term is patient data). Raises
+    Patient.DoesNotExist when a patient id matches no patient.
+    """
     ids = {p.pk if isinstance(p, Patient) else int(p) for p in patients}
+    uuids = dict(Patient._base_manager.filter(pk__in=ids).values_list("pk", "uuid"))
+    if len(uuids) != len(ids):
+        raise Patient.DoesNotExist(f"no patient with id {sorted(ids - uuids.keys())}")
     user = actor if getattr(actor, "is_authenticated", False) else None
     entry = AuditEntry.objects.create(
         actor=user,
@@ -30,7 +39,9 @@ def audit_record(
         path=path[:300],
         detail=detail[:300],
     )
-    entry.patients.add(*ids)
+    AuditLink.objects.bulk_create(
+        AuditLink(entry=entry, patient_id=pk, patient_uuid=uuid) for pk, uuid in uuids.items()
+    )
     return entry
 
 
@@ -73,7 +84,8 @@ def patient_export(*, patient: Patient, actor, path: str = "") -> str:
     """Everything held about `patient` as a JSON document; the export itself is audited."""
     document: dict[str, Any] = {"exported_at": timezone.now(), "patient": _row(patient)}
     for rel in Patient._meta.related_objects:
-        if rel.one_to_many:
+        # The audit trail has its own section below, entry by entry, not link row by link row.
+        if rel.one_to_many and rel.related_model is not AuditLink:
             accessor = rel.get_accessor_name()
             document[accessor] = [
                 {**_row(obj), **_owned_children(obj)} for obj in getattr(patient, accessor).all()
