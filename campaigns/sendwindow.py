@@ -1,4 +1,7 @@
-"""When the clinic lets messages go out: its daily window and the weekdays it is closed."""
+"""When the clinic lets messages go out: its daily window and the days it is closed.
+
+The planner and the send gate both ask `fit`: the one definition of "when may this go out".
+"""
 
 from datetime import date, datetime, time, timedelta
 
@@ -17,12 +20,19 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return at_local(day, time.min), at_local(day + timedelta(days=1), time.min)
 
 
+def is_open_day(day: date, profile: ClinicProfile) -> bool:
+    """Whether the clinic sends messages on `day` at all."""
+    return day.weekday() not in profile.closed_weekdays
+
+
 def next_send_time(moment: datetime, profile: ClinicProfile) -> datetime:
-    """`moment` itself if the clinic may send then, else the next opening of its window."""
+    """`moment` itself if the clinic may send then, else the next opening of its window.
+
+    Raises ValueError when the profile closes every day of the week."""
     local = timezone.localtime(moment)
     day = local.date()
     for _ in range(8):  # a week always has an open day unless all seven are closed
-        if day.weekday() not in profile.closed_weekdays:
+        if is_open_day(day, profile):
             opens = at_local(day, profile.send_window_start)
             closes = at_local(day, profile.send_window_end)
             if local < opens:

@@ -14,6 +14,7 @@ import time as clock
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from django.conf import settings
 from django.db import transaction
@@ -23,10 +24,11 @@ from django.utils import timezone
 from django.utils.html import escape, linebreaks
 from django.utils.translation import gettext as _
 
+from campaigns.kinds import KINDS
+from campaigns.policy import Action, send_decision
 from consent.models import Channel
 from patients.models import ClinicProfile
 from reminders.channels.base import ChannelError, OutcomeUnknown, OutgoingMessage, get_channel
-from reminders.gate import message_gate
 from reminders.models import Attempt, OutboxMessage, StaffTask, Status
 
 log = logging.getLogger(__name__)
@@ -96,25 +98,53 @@ def _outgoing(message: OutboxMessage) -> OutgoingMessage:
     )
 
 
-def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfile) -> str:
-    """Gate, send and record one claimed message; returns what happened (a Status value or
-    "waiting"). Never raises for a provider failure: that is recorded on the message."""
-    verdict = message_gate(message=message, now=now, profile=profile)
-    if verdict.action == "drop":
-        _finish(message, status=Status.DROPPED, error=verdict.reason)
-        return Status.DROPPED
-    if verdict.action == "wait":
-        _finish(message, status=Status.QUEUED, next_attempt_at=verdict.until)
-        return "waiting"
-    if verdict.action == "switch":
-        reason = f"{Channel(message.channel).label}: {verdict.reason}"
-        return _next_channel(message, now=now, reason=reason, exhausted=Status.DROPPED)
+class Outcome(StrEnum):
+    """What one turn of `message_send` did with a message."""
 
+    SENT = "sent"
+    DROPPED = "dropped"
+    WAITING = "waiting"
+    RETRYING = "retrying"
+    NEXT_CHANNEL = "next channel"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfile) -> Outcome:
+    """Gate, send and record one claimed message; returns what happened. Never raises for a
+    provider failure: that is recorded on the message."""
+    verdict = send_decision(message=message, now=now, profile=profile)
+    if verdict.action == Action.DROP:
+        _finish(message, status=Status.DROPPED, error=verdict.reason[:300])
+        return Outcome.DROPPED
+    if verdict.action == Action.WAIT:
+        _finish(message, status=Status.QUEUED, next_attempt_at=verdict.until)
+        return Outcome.WAITING
+    if verdict.action == Action.SWITCH:
+        reason = f"{Channel(message.channel).label}: {verdict.reason}"
+        # Out of channels: dropped when consent alone stopped it; failed when a provider
+        # already failed it on an earlier channel (a person may need to phone).
+        tried = message.attempts_log.exists()
+        exhausted = Status.FAILED if tried else Status.DROPPED
+        return _next_channel(message, now=now, reason=reason, exhausted=exhausted)
+
+    try:
+        # Nothing has left the machine if these fail (a missing address, a channel turned
+        # off since the gate looked): a plain failure of this channel, never "maybe sent".
+        outgoing = _outgoing(message)
+        adapter = get_channel(message.channel)
+    except Exception as exc:  # noqa: BLE001 - any of them means the same: not sent
+        log.warning("message %s not handed over: %s", message.pk, type(exc).__name__)
+        reason = _("%(channel)s: not sent (%(error)s)") % {
+            "channel": Channel(message.channel).label,
+            "error": type(exc).__name__,
+        }
+        return _next_channel(message, now=now, reason=reason, exhausted=Status.FAILED)
     attempt = Attempt.objects.create(message=message, channel=message.channel, started_at=now)
     try:
-        provider_id = get_channel(message.channel).send(_outgoing(message))
+        provider_id = adapter.send(outgoing)
     except OutcomeUnknown as exc:
-        return _unknown(message, attempt, str(exc))
+        return _unknown(message, attempt, str(exc), now=now)
     except ChannelError as exc:
         _close(
             attempt, Attempt.Outcome.PERMANENT if exc.permanent else Attempt.Outcome.TRANSIENT, exc
@@ -131,45 +161,58 @@ def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
             message,
             status=Status.SENT,
             provider_id=provider_id[:100],
-            sent_at=timezone.now(),
+            sent_at=now,
             attempts=message.attempts + 1,
-            error="",
         )
-    return Status.SENT
+        # Here, not at the top: receipts builds on this module's _finish and _next_channel.
+        from reminders.receipts import receipts_apply_parked
+
+        receipts_apply_parked(message=message)  # reports that came before this commit
+    return Outcome.SENT
 
 
 def _close(attempt: Attempt, outcome: str, error: Exception | None = None) -> None:
+    # finished_at is a measurement (how long the provider took), not a decision: the clock.
     attempt.outcome, attempt.finished_at = outcome, timezone.now()
     attempt.error = str(error or "")[:300]
     attempt.save(update_fields=["outcome", "finished_at", "error"])
 
 
-def _unknown(message: OutboxMessage, attempt: Attempt, error: str) -> str:
+def _unknown(message: OutboxMessage, attempt: Attempt, error: str, *, now: datetime) -> Outcome:
     with transaction.atomic():
         _close(attempt, Attempt.Outcome.UNKNOWN, Exception(error))
         _finish(message, status=Status.UNKNOWN, attempts=message.attempts + 1, error=error[:300])
-        _ask_staff_to_review(message)
-    return Status.UNKNOWN
+        _task_for_staff(message, StaffTask.Kind.REVIEW_UNKNOWN, now=now)
+    return Outcome.UNKNOWN
 
 
-def _ask_staff_to_review(message: OutboxMessage) -> None:
-    today = timezone.localdate()
+def _task_for_staff(message: OutboxMessage, kind: str, *, now: datetime) -> None:
+    today = timezone.localdate(now)
     StaffTask.objects.get_or_create(
-        kind=StaffTask.Kind.REVIEW_UNKNOWN,
+        kind=kind,
         message=message,
         defaults={"patient_id": message.patient_id, "due_on": today, "until": today},
     )
 
 
-def _retry_later(message: OutboxMessage, *, now: datetime, error: ChannelError) -> str:
+def _retry_later(message: OutboxMessage, *, now: datetime, error: ChannelError) -> Outcome:
+    """Try this channel again after a backoff; once its tries run out, or the next try would
+    come too late, go on to the next channel as after a permanent error."""
     attempts = message.attempts + 1
-    delay = min(BACKOFF_BASE * 2 ** (attempts - 1), BACKOFF_MAX)
+    # Counted per channel: the next channel gets its own tries.
+    tries_here = message.attempts_log.filter(channel=message.channel).count()
+    delay = min(BACKOFF_BASE * 2 ** (tries_here - 1), BACKOFF_MAX)
     if error.retry_after:
         delay = max(delay, timedelta(seconds=error.retry_after))
     retry_at = now + delay
-    if attempts >= MAX_ATTEMPTS or retry_at >= message.expires_at:
-        _finish(message, status=Status.FAILED, attempts=attempts, error=str(error)[:300])
-        return Status.FAILED
+    if tries_here >= MAX_ATTEMPTS or retry_at >= message.expires_at:
+        message.attempts = attempts
+        reason = _("%(channel)s: gave up after %(count)d tries (%(error)s)") % {
+            "channel": Channel(message.channel).label,
+            "count": tries_here,
+            "error": error,
+        }
+        return _next_channel(message, now=now, reason=reason, exhausted=Status.FAILED)
     _finish(
         message,
         status=Status.QUEUED,
@@ -177,12 +220,15 @@ def _retry_later(message: OutboxMessage, *, now: datetime, error: ChannelError) 
         next_attempt_at=retry_at,
         error=str(error)[:300],
     )
-    return "retrying"
+    return Outcome.RETRYING
 
 
-def _next_channel(message: OutboxMessage, *, now: datetime, reason: str, exhausted: str) -> str:
+def _next_channel(
+    message: OutboxMessage, *, now: datetime, reason: str, exhausted: Status
+) -> Outcome:
     """Fall through to the next channel of the rule that has a text; when none is left the
-    message ends as `exhausted` (dropped when consent stopped it, failed when providers did).
+    message ends as `exhausted` (dropped when consent stopped it, failed when providers did),
+    and a message a person must not miss (a visit, a post-op check-in) becomes a call task.
     The gate checks consent for the new channel when the message comes round again."""
     fallbacks = json.loads(message.fallbacks or "{}")
     # Keep why each earlier channel was passed over: staff read the whole story on the row.
@@ -199,12 +245,16 @@ def _next_channel(message: OutboxMessage, *, now: datetime, reason: str, exhaust
                 subject=subject,
                 body=body,
                 status=Status.QUEUED,
+                attempts=message.attempts,
                 next_attempt_at=now,
-                error=reason[:300],
+                error=reason[-300:],
             )
-            return "next channel"
-    _finish(message, status=exhausted, error=reason[:300])
-    return exhausted
+            return Outcome.NEXT_CHANNEL
+    with transaction.atomic():
+        _finish(message, status=exhausted, attempts=message.attempts, error=reason[-300:])
+        if exhausted == Status.FAILED and KINDS[message.rule.kind].call_if_undeliverable:
+            _task_for_staff(message, StaffTask.Kind.CALL_UNREACHED, now=now)
+    return Outcome(exhausted)
 
 
 def _resend_is_deduped(message: OutboxMessage, now: datetime) -> bool:
@@ -245,7 +295,7 @@ def messages_recover(*, now: datetime) -> Counter:
                 ):
                     continue
                 _close(started, Attempt.Outcome.UNKNOWN, Exception(error))
-                _ask_staff_to_review(message)
+                _task_for_staff(message, StaffTask.Kind.REVIEW_UNKNOWN, now=now)
                 results[Status.UNKNOWN] += 1
     return results
 
@@ -365,38 +415,3 @@ def messages_settle_unknown(*, message_ids: list[int], sent: bool, actor, now: d
 def tasks_mark_done(*, task_ids: list[int], now: datetime) -> int:
     """Close the given staff tasks that are still open; returns how many were."""
     return StaffTask.objects.filter(pk__in=task_ids, done_at__isnull=True).update(done_at=now)
-
-
-# Twilio MessageStatus values that end a message's story; earlier ones (queued, sent) are noise.
-DELIVERED_STATUSES = {"delivered", "read"}
-UNDELIVERED_STATUSES = {"undelivered", "failed"}
-
-
-@transaction.atomic
-def message_delivery_report(*, provider_id: str, provider_status: str, error_code: str = "") -> str:
-    """Apply a provider's delivery report; returns what changed ("" when nothing did).
-
-    Reports come more than once and out of order, so only a message still `sent` under this
-    provider id moves: to delivered, or on to its next channel when the SMS never arrived.
-    """
-    if not provider_id:
-        return ""
-    # Locked: of two reports read at once, the second must see what the first did, or it could
-    # requeue a message the next channel has sent meanwhile.
-    message = (
-        OutboxMessage.objects.select_for_update()
-        .filter(provider_id=provider_id, status=Status.SENT)
-        .first()
-    )
-    if message is None:
-        return ""
-    if provider_status in DELIVERED_STATUSES:
-        _finish(message, status=Status.DELIVERED, delivered_at=timezone.now())
-        return Status.DELIVERED
-    if provider_status in UNDELIVERED_STATUSES:
-        reason = _("%(channel)s: not delivered, error %(code)s") % {
-            "channel": Channel(message.channel).label,
-            "code": error_code or "?",
-        }
-        return _next_channel(message, now=timezone.now(), reason=reason, exhausted=Status.FAILED)
-    return ""

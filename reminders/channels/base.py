@@ -54,8 +54,21 @@ def _load(dotted_path: str) -> Channel:
     return import_string(dotted_path)()
 
 
+class ChannelNotConfigured(Exception):
+    """The channel is off here: its provider's credentials are not set."""
+
+
+def channel_configured(name: str) -> bool:
+    """Whether `name` has an adapter here; a channel without credentials is off, never faked."""
+    return bool(settings.REMINDER_CHANNELS.get(name))
+
+
 def get_channel(name: str) -> Channel:
-    """The adapter configured for `name` in settings.REMINDER_CHANNELS, created once."""
+    """The adapter configured for `name` in settings.REMINDER_CHANNELS, created once.
+
+    Raises ChannelNotConfigured for a channel that is off."""
+    if not channel_configured(name):
+        raise ChannelNotConfigured(name)
     return _load(settings.REMINDER_CHANNELS[name])
 
 

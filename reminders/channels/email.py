@@ -39,6 +39,12 @@ class EmailChannel(Channel):
         if message.html_body:
             email.attach_alternative(message.html_body, "text/html")
         try:
+            # Built before connecting: a header that would be refused (a line break in the
+            # subject, which could also smuggle in headers) means nothing was sent.
+            email.message()
+        except ValueError as exc:  # BadHeaderError and malformed addresses
+            raise ChannelError(f"e-mail not sent: {type(exc).__name__}", permanent=True) from exc
+        try:
             email.send()
         except smtplib.SMTPRecipientsRefused as exc:
             # smtplib raises this for a 4xx answer to RCPT too (greylisting, mailbox busy):

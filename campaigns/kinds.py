@@ -1,0 +1,530 @@
+"""Every rule kind, declared once: who is due and when, what the text may name, what the gate
+checks again before sending, and whether an undeliverable message becomes a call for staff.
+
+A new kind is a RuleKind value (campaigns.models) and one Kind entry in KINDS below.
+"""
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from campaigns.models import Rule, RuleKind
+from campaigns.sendwindow import at_local, day_bounds, is_open_day
+from campaigns.templating import format_date, local_time
+from patients.models import (
+    Appointment,
+    ClinicProfile,
+    Patient,
+    Prescription,
+    Procedure,
+    RefillWindow,
+    Visit,
+)
+from reminders.models import OutboxMessage
+
+Row = Mapping[str, Any]
+Refs = Mapping[str, Any]  # "appointment" → Appointment, … as loaded for a due message
+
+RECALL_GRACE_DAYS = 7  # a recall missed while the worker was down is still sent this late
+DOSE_LOOKAHEAD = timedelta(hours=24)
+LONGEST_COURSE_DAYS = 90
+LIVE_APPOINTMENT = [Appointment.Status.BOOKED, Appointment.Status.CONFIRMED]
+
+
+@dataclass(frozen=True)
+class Due:
+    """One patient due for one occurrence of a rule."""
+
+    row: Row  # the annotated values from the rule's query
+    occurrence_key: str
+    due_at: datetime
+    expires_at: datetime  # the text is no use (or no longer true) from this moment
+    refs: Mapping[str, int] = field(default_factory=dict)  # appointment_id, procedure_id, …
+    anchor_at: datetime | None = None  # what the gate compares: the visit, dose or window
+    # The text names a day before its anchor ("your visit on 12/7") and the clinic has no open
+    # day left to send it on before then.
+    no_open_day: bool = False
+
+
+Expand = Callable[[Row], Iterator[Due]]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A rule's due set as one query, the path from its rows to the patient, and the expander
+    turning each row into the occurrences it is due for."""
+
+    rows: QuerySet[Any]
+    patient_ref: str
+    expand: Expand
+
+
+@dataclass(frozen=True)
+class Kind:
+    select: Callable[[Rule, date, datetime, ClinicProfile], Selection]
+    fields: tuple[str, ...]  # the query's own values, beside the common ones
+    template_fields: Mapping[str, tuple[str, ...]]  # what its templates may name
+    context: Callable[[Refs, Due, str, date], dict[str, Any]]  # refs, due, language, today
+    sample: Callable[[str, date], dict[str, Any]]  # language, today: for previews
+    still_true: Callable[[OutboxMessage], str] = lambda message: ""  # why not, or ""
+    call_if_undeliverable: bool = False  # a person phones when no channel can deliver it
+
+
+def days_in(days: list[date], field_name: str) -> Q:
+    """`field_name` (a datetime) falls on any of `days` in the clinic's time zone."""
+    q = Q()
+    for day in days:
+        start, end = day_bounds(day)
+        q |= Q(**{f"{field_name}__gte": start, f"{field_name}__lt": end})
+    return q
+
+
+def _zh(language: str) -> bool:
+    return language != "en"
+
+
+# --- birthday ------------------------------------------------------------------------------------
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def _birthday(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
+    targets = {}
+    for offset in rule.offsets:
+        birthday = today - timedelta(days=offset)
+        targets[birthday.month * 100 + birthday.day] = birthday
+        if (birthday.month, birthday.day) == (2, 28) and not _leap(birthday.year):
+            targets[229] = birthday  # born on Feb 29: greeted on Feb 28 in common years
+    rows = Patient.objects.filter(birth_mmdd__in=list(targets), birth_date__isnull=False)
+
+    def expand(row: Row) -> Iterator[Due]:
+        birthday = targets[row["birth_mmdd"]]
+        yield Due(
+            row,
+            f"birthday:{birthday.isoformat()}",
+            at_local(today, rule.send_time),
+            day_bounds(today)[1],
+        )
+
+    return Selection(rows, "id", expand)
+
+
+def _birthday_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
+    return {}  # the patient's age is in every context
+
+
+# --- post-op -------------------------------------------------------------------------------------
+
+
+def _postop(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
+    discharge_days = {today - timedelta(days=o): o for o in rule.offsets}
+    rows = Procedure.objects.filter(days_in(list(discharge_days), "discharged_at"))
+    if rule.care_plan_key:
+        rows = rows.filter(care_plan_key=rule.care_plan_key)
+    rows = rows.annotate(procedure_id=F("id"), discharged=F("discharged_at"))
+
+    def expand(row: Row) -> Iterator[Due]:
+        discharged = row["discharged"]
+        offset = discharge_days[timezone.localtime(discharged).date()]
+        yield Due(
+            row,
+            f"procedure:{row['procedure_id']}:day{offset}",
+            discharged if offset == 0 else at_local(today, rule.send_time),
+            day_bounds(today)[1],
+            refs={"procedure_id": row["procedure_id"]},
+        )
+
+    return Selection(rows, "patient_id", expand)
+
+
+def _postop_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
+    procedure = refs["procedure"]
+    discharged = timezone.localtime(procedure.discharged_at).date()
+    return {
+        "procedure": {
+            "type": procedure.procedure_type,
+            "discharge_date": format_date(discharged, language),
+            "days_since": (today - discharged).days,
+        }
+    }
+
+
+def _postop_sample(language: str, today: date) -> dict[str, Any]:
+    return {
+        "procedure": {
+            "type": "白內障手術" if _zh(language) else "cataract surgery",
+            "discharge_date": format_date(today - timedelta(days=3), language),
+            "days_since": 3,
+        }
+    }
+
+
+# --- medication doses ----------------------------------------------------------------------------
+
+
+def _dose(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
+    rows = (
+        Prescription.objects.filter(
+            dose_reminders=True,
+            start_date__lte=today + timedelta(days=1),
+            start_date__gt=today - timedelta(days=LONGEST_COURSE_DAYS),
+        )
+        .exclude(frequency="PRN")
+        .annotate(
+            prescription_id=F("id"),
+            start=F("start_date"),
+            days=F("days_supplied"),
+            times=F("dose_times"),
+        )
+    )
+
+    def expand(row: Row) -> Iterator[Due]:
+        last_day = row["start"] + timedelta(days=row["days"] - 1)
+        for day in (today, today + timedelta(days=1)):
+            if not row["start"] <= day <= last_day:
+                continue
+            for clock in row["times"] or []:
+                dose_at = at_local(day, time.fromisoformat(clock))
+                for minutes in rule.offsets:
+                    due = dose_at - timedelta(minutes=minutes)
+                    if dose_at > now and due <= now + DOSE_LOOKAHEAD:
+                        yield Due(
+                            row,
+                            f"dose:{row['prescription_id']}:{day.isoformat()}T{clock}:{minutes}",
+                            due,
+                            dose_at,
+                            refs={"prescription_id": row["prescription_id"]},
+                            anchor_at=dose_at,
+                        )
+
+    return Selection(rows, "patient_id", expand)
+
+
+def _dose_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
+    prescription = refs["prescription"]
+    assert due.anchor_at is not None  # noqa: S101 - every dose occurrence has its dose time
+    return {
+        "prescription": {
+            "drug": prescription.drug,
+            "dose": prescription.dose,
+            "dose_time": local_time(due.anchor_at),
+        }
+    }
+
+
+def _dose_still_true(message: OutboxMessage) -> str:
+    prescription = message.prescription
+    if prescription is None or message.anchor_at is None:
+        return _("dose time changed")
+    if not prescription.dose_reminders:
+        return _("dose reminders turned off")
+    dose_at = timezone.localtime(message.anchor_at)
+    still_prescribed = prescription.start_date <= dose_at.date() <= prescription.end_date
+    if not still_prescribed or dose_at.strftime("%H:%M") not in prescription.dose_times:
+        return _("dose time changed")
+    return ""
+
+
+# --- chronic refills -----------------------------------------------------------------------------
+
+
+def _refill(anchor: str) -> Callable[[Rule, date, datetime, ClinicProfile], Selection]:
+    def select(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
+        targets = {today - timedelta(days=o): o for o in rule.offsets}
+        rows = RefillWindow.objects.filter(
+            **{f"{anchor}__in": list(targets)},
+            picked_up_on__isnull=True,
+            prescription__refill_reminders=True,
+        ).annotate(
+            window_id=F("id"),
+            rx_id=F("prescription_id"),
+            window_opens=F("opens_on"),
+            window_closes=F("closes_on"),
+            anchor_day=F(anchor),
+        )
+
+        def expand(row: Row) -> Iterator[Due]:
+            offset = targets[row["anchor_day"]]
+            yield Due(
+                row,
+                f"refill:{row['window_id']}:{anchor}{offset:+d}",
+                at_local(today, rule.send_time),
+                day_bounds(row["window_closes"])[1],
+                refs={"refill_window_id": row["window_id"], "prescription_id": row["rx_id"]},
+                # The window as the text states it, from its opening to the end of its last
+                # day: the gate drops the message if the window moves before it goes out.
+                anchor_at=day_bounds(row["window_opens"])[0],
+            )
+
+        return Selection(rows, "prescription__patient_id", expand)
+
+    return select
+
+
+REFILL_FIELDS = ("window_id", "rx_id", "window_opens", "window_closes", "anchor_day")
+
+
+def _refill_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
+    window = refs["refill_window"]
+    return {
+        "prescription": {
+            "drug": refs["prescription"].drug,
+            "refill_number": window.number,
+            "opens_on": format_date(window.opens_on, language),
+            "closes_on": format_date(window.closes_on, language),
+        }
+    }
+
+
+def _refill_still_true(message: OutboxMessage) -> str:
+    window = message.refill_window
+    if window is None:
+        return _("refill window removed")
+    if window.picked_up_on:
+        return _("refill already picked up")
+    if message.prescription is None or not message.prescription.refill_reminders:
+        return _("refill reminders turned off")
+    # The text names the window's dates: planned as its opening and the end of its last day.
+    if (message.anchor_at, message.expires_at) != (
+        day_bounds(window.opens_on)[0],
+        day_bounds(window.closes_on)[1],
+    ):
+        return _("refill window changed")
+    return ""
+
+
+# --- appointments --------------------------------------------------------------------------------
+
+
+def send_day_before(visit_day: date, days_before: int, profile: ClinicProfile) -> date:
+    """The day a message meant for `days_before` days ahead of the visit goes out: that day, or
+    the last open day before it when the clinic is closed then."""
+    day = visit_day - timedelta(days=days_before)
+    for _week in range(7):
+        if is_open_day(day, profile):
+            return day
+        day -= timedelta(days=1)
+    raise ValueError("the clinic profile closes every day of the week")
+
+
+def _appointment(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
+    # A message that names a day before the visit ("your visit is on 12/3") goes out on the
+    # last open day before it: today also sends for the closed days that follow. Sent on the
+    # visit day itself, "please confirm" would come too late.
+    visit_days: dict[date, int] = {}
+    for offset in rule.offsets:
+        day = today
+        for _week in range(7):
+            visit_days.setdefault(day - timedelta(days=offset), offset)
+            day += timedelta(days=1)
+            if offset >= 0 or not is_open_day(today, profile) or is_open_day(day, profile):
+                break
+    rows = Appointment.objects.filter(
+        days_in(list(visit_days), "starts_at"), status__in=LIVE_APPOINTMENT
+    ).annotate(
+        appointment_id=F("id"),
+        starts=F("starts_at"),
+        appointment_status=F("status"),
+        visit_department=F("department"),
+    )
+
+    def expand(row: Row) -> Iterator[Due]:
+        starts = row["starts"]
+        visit_day = timezone.localtime(starts).date()
+        offset = visit_days[visit_day]
+        expires, passed = starts, False
+        if offset < 0:
+            expires = min(starts, day_bounds(visit_day)[0])
+            # Its open day has passed: booked late, or planned on a closed day.
+            passed = send_day_before(visit_day, -offset, profile) != today
+        yield Due(
+            row,
+            f"appointment:{row['appointment_id']}:{starts.astimezone(UTC).isoformat()}",
+            at_local(today, rule.send_time),
+            expires,
+            refs={"appointment_id": row["appointment_id"]},
+            anchor_at=starts,
+            no_open_day=passed,
+        )
+
+    return Selection(rows, "patient_id", expand)
+
+
+def _appointment_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
+    appointment = refs["appointment"]
+    starts = timezone.localtime(appointment.starts_at)
+    return {
+        "appointment": {
+            "date": format_date(starts.date(), language),
+            "time": starts.strftime("%H:%M"),
+            "department": appointment.department,
+            "doctor": appointment.doctor,
+            "location": appointment.location,
+            "bring_notes": appointment.bring_notes,
+        }
+    }
+
+
+def _appointment_sample(language: str, today: date) -> dict[str, Any]:
+    zh = _zh(language)
+    return {
+        "appointment": {
+            "date": format_date(today + timedelta(days=7), language),
+            "time": "14:30",
+            "department": "家醫科" if zh else "Family medicine",
+            "doctor": "王醫師" if zh else "Dr Wang",
+            "location": "二樓 3 診" if zh else "2F, room 3",
+            "bring_notes": "健保卡、檢驗報告" if zh else "NHI card, lab report",
+        }
+    }
+
+
+def _appointment_still_true(message: OutboxMessage) -> str:
+    appointment = message.appointment
+    if appointment is None:
+        return _("appointment removed")
+    if appointment.status not in LIVE_APPOINTMENT:
+        return _("appointment %(status)s") % {"status": appointment.get_status_display()}
+    if appointment.starts_at != message.anchor_at:
+        return _("appointment rescheduled")
+    return ""
+
+
+# --- recall --------------------------------------------------------------------------------------
+
+
+def _recall(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
+    latest_allowed = today - timedelta(days=max(rule.offsets))
+    earliest = latest_allowed - timedelta(days=RECALL_GRACE_DAYS)
+    visits = Visit.objects.filter(patient_id=OuterRef("id"))
+    future = Appointment.objects.filter(
+        patient_id=OuterRef("id"), starts_at__gte=now, status__in=LIVE_APPOINTMENT
+    )
+    last = visits.order_by("-visited_on", "-id")
+    rows = Patient.objects.filter(
+        Exists(visits.filter(visited_on__gte=earliest, visited_on__lte=latest_allowed)),
+        ~Exists(visits.filter(visited_on__gt=latest_allowed)),
+        ~Exists(future),
+    ).annotate(
+        last_visit=Subquery(last.values("visited_on")[:1]),
+        visit_department=Subquery(last.values("department")[:1]),
+    )
+    if not rule.conditions.exists():  # no tags chosen: anyone with a chronic condition
+        rows = rows.filter(
+            Exists(Patient.conditions.through.objects.filter(patient_id=OuterRef("id")))
+        )
+
+    def expand(row: Row) -> Iterator[Due]:
+        yield Due(
+            row,
+            f"recall:{row['last_visit'].isoformat()}",
+            at_local(today, rule.send_time),
+            day_bounds(today)[1],
+        )
+
+    return Selection(rows, "id", expand)
+
+
+def _recall_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
+    return {
+        "visit": {
+            "last_date": format_date(due.row["last_visit"], language),
+            "department": due.row.get("visit_department", ""),
+        }
+    }
+
+
+def _recall_sample(language: str, today: date) -> dict[str, Any]:
+    return {
+        "visit": {
+            "last_date": format_date(date(today.year, 1, 1), language),
+            "department": "家醫科" if _zh(language) else "Family medicine",
+        }
+    }
+
+
+def _prescription_sample(language: str, today: date) -> dict[str, Any]:
+    return {
+        "prescription": {
+            "drug": "Amlodipine 5mg",
+            "dose": "1 顆" if _zh(language) else "1 tablet",
+            "dose_time": "08:00",
+            "refill_number": 2,
+            "opens_on": format_date(today, language),
+            "closes_on": format_date(today + timedelta(days=9), language),
+        }
+    }
+
+
+def _nothing(language: str, today: date) -> dict[str, Any]:
+    return {}
+
+
+REFILL_TEMPLATE_FIELDS = {"prescription": ("drug", "refill_number", "opens_on", "closes_on")}
+
+KINDS: dict[str, Kind] = {
+    RuleKind.BIRTHDAY: Kind(
+        select=_birthday,
+        fields=("birth_mmdd",),
+        template_fields={"patient": ("age",)},
+        context=_birthday_context,
+        sample=_nothing,
+    ),
+    RuleKind.POSTOP: Kind(
+        select=_postop,
+        fields=("procedure_id", "discharged"),
+        template_fields={"procedure": ("type", "discharge_date", "days_since")},
+        context=_postop_context,
+        sample=_postop_sample,
+        call_if_undeliverable=True,
+    ),
+    RuleKind.DOSE: Kind(
+        select=_dose,
+        fields=("prescription_id", "start", "days", "times"),
+        template_fields={"prescription": ("drug", "dose", "dose_time")},
+        context=_dose_context,
+        sample=_prescription_sample,
+        still_true=_dose_still_true,
+    ),
+    RuleKind.REFILL_OPENS: Kind(
+        select=_refill("opens_on"),
+        fields=REFILL_FIELDS,
+        template_fields=REFILL_TEMPLATE_FIELDS,
+        context=_refill_context,
+        sample=_prescription_sample,
+        still_true=_refill_still_true,
+    ),
+    RuleKind.REFILL_CLOSES: Kind(
+        select=_refill("closes_on"),
+        fields=REFILL_FIELDS,
+        template_fields=REFILL_TEMPLATE_FIELDS,
+        context=_refill_context,
+        sample=_prescription_sample,
+        still_true=_refill_still_true,
+    ),
+    RuleKind.APPOINTMENT: Kind(
+        select=_appointment,
+        fields=("appointment_id", "starts", "appointment_status", "visit_department"),
+        template_fields={
+            "appointment": ("date", "time", "department", "doctor", "location", "bring_notes")
+        },
+        context=_appointment_context,
+        sample=_appointment_sample,
+        still_true=_appointment_still_true,
+        call_if_undeliverable=True,
+    ),
+    RuleKind.RECALL: Kind(
+        select=_recall,
+        fields=("last_visit", "visit_department"),
+        template_fields={"visit": ("last_date", "department")},
+        context=_recall_context,
+        sample=_recall_sample,
+    ),
+}

@@ -1,0 +1,244 @@
+"""The send policy, in one place, with its two faces side by side.
+
+`plan_decision` is the set-based face: the planner asks it about each row of a rule's due set,
+whose consent, contact points and recent messages were annotated in the same query (the
+`*_annotations` functions below). `send_decision` is the per-row face: the gate asks it about one
+claimed message just before it leaves, reading fresh data. Both apply the same checks, in the
+same order, with the same reasons: erased, already confirmed, frequency cap, consent and contact
+point on a configured channel, then the send window (closed days, stale). The planner alone
+knows the audience; the gate alone knows whether what the text says still holds, whether the
+rule was switched off, and the gap between two messages to one patient.
+tests/campaigns/test_policy.py checks that both faces answer the same on the same data.
+"""
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from campaigns.kinds import KINDS, Due, Row
+from campaigns.models import Rule, SkipReason
+from campaigns.sendwindow import fit
+from consent.models import Purpose
+from consent.selectors import Decision, choose_channel, consent_annotations, may_contact
+from patients.models import Appointment, ClinicProfile, age_on
+from reminders.channels.base import channel_configured
+from reminders.models import OutboxMessage, Status
+
+CAP_WINDOW = timedelta(days=30)
+# Messages that count towards the cap: those on their way and those that (may have) arrived.
+COUNTED = [Status.QUEUED, Status.SENDING, Status.SENT, Status.DELIVERED, Status.UNKNOWN]
+SENT = [Status.SENT, Status.DELIVERED, Status.UNKNOWN]
+
+
+class Action(StrEnum):
+    SEND = "send"
+    WAIT = "wait"  # until `until`: night, a closed day, or the gap after the last message
+    DROP = "drop"  # for good, for `reason`
+    SWITCH = "switch"  # this channel may not be used (consent, address, not configured)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate decided for one message."""
+
+    action: Action
+    reason: str = ""  # for staff, in the clinic's language
+    code: SkipReason | None = None  # the same reason as the planner would record, if it has one
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What the planner decided for one due occurrence: a channel and time, or a skip."""
+
+    channel: str = ""
+    send_at: datetime | None = None
+    skip: SkipReason | None = None
+
+
+SEND = Verdict(Action.SEND)
+
+
+# --- the frequency cap ---------------------------------------------------------------------------
+
+
+def _counted_messages(at: datetime) -> QuerySet[OutboxMessage]:
+    # A message counts at the time it went out, or, not sent yet, at the time it is due.
+    return OutboxMessage.objects.alias(when=Coalesce("sent_at", "due_at")).filter(
+        purpose=Purpose.RELATIONSHIP,
+        status__in=COUNTED,
+        when__gt=at - CAP_WINDOW,
+        when__lte=at,
+    )
+
+
+def cap_annotation(*, patient_ref: str, at: datetime) -> Subquery:
+    """Set-based: how many relationship messages count against the cap at `at`."""
+    return Subquery(
+        _counted_messages(at)
+        .filter(patient_id=OuterRef(patient_ref))
+        .order_by()
+        .values("patient_id")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+
+
+def cap_count(*, message: OutboxMessage, at: datetime) -> int:
+    """Per row: the same count for `message`'s patient, not counting `message` itself."""
+    return (
+        _counted_messages(at).filter(patient_id=message.patient_id).exclude(pk=message.pk).count()
+    )
+
+
+def over_cap(purpose: str, count: int | None) -> bool:
+    return purpose == Purpose.RELATIONSHIP and (count or 0) >= (
+        settings.RELATIONSHIP_MESSAGES_PER_30_DAYS
+    )
+
+
+# --- the other shared checks ---------------------------------------------------------------------
+
+
+def already_confirmed(rule: Rule, appointment_status: str | None) -> bool:
+    """A confirmation request for an appointment the patient already confirmed is noise."""
+    return rule.asks_confirmation and appointment_status == Appointment.Status.CONFIRMED
+
+
+def channel_order_for(rule: Rule, preferred: str) -> list[str]:
+    """The rule's channels, with the patient's preferred one first when the rule allows it."""
+    order = list(rule.channel_order)
+    if preferred in order:
+        order.remove(preferred)
+        order.insert(0, preferred)
+    return order
+
+
+def pick_channel(row: Row, order: list[str]) -> Decision:
+    """Set-based: the first channel in `order` that is configured here and that the annotated
+    `row` may be contacted on; else the reason none is."""
+    configured = [channel for channel in order if channel_configured(channel)]
+    decision = choose_channel(row, configured)
+    if not decision.allowed and decision.reason != SkipReason.ERASED:
+        if choose_channel(row, order).allowed:
+            return Decision(False, SkipReason.CHANNEL_NOT_CONFIGURED)
+    return decision
+
+
+def channel_decision(message: OutboxMessage) -> Decision:
+    """Per row: whether `message` may go out on its channel now."""
+    decision = may_contact(
+        patient=message.patient, purpose=message.purpose, channel=message.channel
+    )
+    if decision.allowed and not channel_configured(message.channel):
+        return Decision(False, SkipReason.CHANNEL_NOT_CONFIGURED)
+    return decision
+
+
+def policy_annotations(*, rule: Rule, patient_ref: str, at: datetime) -> dict[str, Any]:
+    """Everything `plan_decision` reads from a due row, as annotations for the rule's query."""
+    annotations: dict[str, Any] = consent_annotations(
+        purpose=rule.purpose, channels=rule.channel_order, patient_ref=patient_ref
+    )
+    if rule.purpose == Purpose.RELATIONSHIP:
+        annotations["recent_relationship"] = cap_annotation(patient_ref=patient_ref, at=at)
+    return annotations
+
+
+def outside_audience(rule: Rule, row: Row, today: date) -> bool:
+    if rule.sexes and row["patient_sex"] not in rule.sexes:
+        return True
+    if rule.min_age is not None or rule.max_age is not None:
+        born = row["birth"]
+        if born is None:
+            return True
+        age = age_on(born, today)
+        if (rule.min_age is not None and age < rule.min_age) or (
+            rule.max_age is not None and age > rule.max_age
+        ):
+            return True
+    if "in_conditions" in row and not row["in_conditions"]:
+        return True
+    return bool(rule.departments) and row.get("visit_department") not in rule.departments
+
+
+# --- the two faces -------------------------------------------------------------------------------
+
+
+def plan_decision(*, rule: Rule, due: Due, now: datetime, profile: ClinicProfile) -> Planned:
+    """Set-based face: queue `due` on a channel at a time, or the reason it is skipped."""
+    row = due.row
+    today = timezone.localdate(now)
+    if row["erased"]:
+        return Planned(skip=SkipReason.ERASED)
+    if outside_audience(rule, row, today):
+        return Planned(skip=SkipReason.OUTSIDE_AUDIENCE)
+    if already_confirmed(rule, row.get("appointment_status")):
+        return Planned(skip=SkipReason.ALREADY_CONFIRMED)
+    if over_cap(rule.purpose, row.get("recent_relationship")):
+        return Planned(skip=SkipReason.FREQUENCY_CAP)
+    decision = pick_channel(row, channel_order_for(rule, row["preferred"]))
+    if not decision.allowed:
+        return Planned(skip=SkipReason(decision.reason))
+    if due.no_open_day:
+        return Planned(skip=SkipReason.NO_OPEN_DAY)
+    # Planned late (the worker was down), it can only go out from now on.
+    send_at = fit(max(due.due_at, now), due.expires_at, profile)
+    if send_at is None:
+        return Planned(skip=SkipReason.STALE)
+    return Planned(channel=decision.reason, send_at=send_at)
+
+
+def send_decision(*, message: OutboxMessage, now: datetime, profile: ClinicProfile) -> Verdict:
+    """Per-row face: what to do with a claimed message at `now`. Reads fresh data; writes
+    nothing."""
+    if now >= message.expires_at:
+        return _drop(SkipReason.STALE)
+    if not message.rule.enabled:
+        # Staff who switch a rule off expect its pending messages to stop too.
+        return Verdict(Action.DROP, _("rule switched off"))
+    if message.patient.erased_at is not None:
+        return _drop(SkipReason.ERASED)
+    if reason := KINDS[message.rule.kind].still_true(message):
+        return Verdict(Action.DROP, reason)
+    if message.appointment is not None and already_confirmed(
+        message.rule, message.appointment.status
+    ):
+        return _drop(SkipReason.ALREADY_CONFIRMED)
+    if over_cap(message.purpose, cap_count(message=message, at=now)):
+        return _drop(SkipReason.FREQUENCY_CAP)
+    decision = channel_decision(message)
+    if not decision.allowed:
+        code = SkipReason(decision.reason)
+        if code == SkipReason.ERASED:
+            return _drop(code)
+        return Verdict(Action.SWITCH, str(code.label), code)
+    opens = fit(now, message.expires_at, profile)
+    if opens is None:
+        return _drop(SkipReason.STALE)
+    if opens > now:
+        return Verdict(Action.WAIT, until=opens)
+    gap = timedelta(minutes=settings.MESSAGE_GAP_MINUTES)
+    last = (
+        OutboxMessage.objects.filter(patient_id=message.patient_id, status__in=SENT)
+        .exclude(pk=message.pk)
+        .aggregate(last=Max("sent_at"))["last"]
+    )
+    if last and now < last + gap:
+        # One message at a time: the next waits, in priority order, instead of piling up.
+        after_gap = fit(last + gap, message.expires_at, profile)
+        if after_gap is None:
+            return _drop(SkipReason.STALE)
+        return Verdict(Action.WAIT, until=after_gap)
+    return SEND
+
+
+def _drop(code: SkipReason) -> Verdict:
+    return Verdict(Action.DROP, str(code.label), code)
