@@ -154,6 +154,7 @@ MESSAGE_GAP_MINUTES = int(env_str("MESSAGE_GAP_MINUTES", "30"))
 # A claimed message whose sender has been silent this long is settled by recovery. Longer
 # than any one send can take (provider timeouts are 15-20 s).
 DISPATCH_CLAIM_LEASE_SECONDS = int(env_str("DISPATCH_CLAIM_LEASE_SECONDS", "300"))
+WEBHOOK_DEDUPE_DAYS = int(env_str("WEBHOOK_DEDUPE_DAYS", "30"))  # replays within it act once
 # Sends per second per channel, all workers together ("sms=30,line=200,email=20").
 CHANNEL_RATE_LIMITS = {
     name.strip(): float(rate)

@@ -164,3 +164,49 @@ class StaffTask(models.Model):
 
     def __str__(self):
         return self.get_kind_display()
+
+
+class WebhookEvent(models.Model):
+    """A provider's event we have applied, by the provider's own id for it: a replay of the
+    same event is recognised and changes nothing. Kept WEBHOOK_DEDUPE_DAYS days."""
+
+    class Provider(models.TextChoices):
+        TWILIO_SMS = "twilio_sms", _("Twilio incoming SMS")
+        TWILIO_STATUS = "twilio_status", _("Twilio delivery report")
+        LINE = "line", _("LINE event")
+
+    provider = models.CharField(_("provider"), max_length=16, choices=Provider.choices)
+    # Twilio: MessageSid (plus MessageStatus for a delivery report); LINE: webhookEventId.
+    event_id = models.CharField(_("event id"), max_length=100)
+    received_at = models.DateTimeField(_("received at"), db_index=True)
+
+    class Meta:
+        verbose_name = _("webhook event")
+        verbose_name_plural = _("webhook events")
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "event_id"], name="webhook_event_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.event_id}"
+
+
+class ParkedReport(models.Model):
+    """A delivery report that arrived while its message was still being sent (the provider
+    answered our callback before our own transaction committed). The sender applies it in
+    the transaction that marks the message sent."""
+
+    message = models.ForeignKey(
+        OutboxMessage, on_delete=models.CASCADE, related_name="parked_reports"
+    )
+    provider_id = models.CharField(_("provider id"), max_length=100)
+    provider_status = models.CharField(_("provider status"), max_length=32)
+    error_code = models.CharField(_("error code"), max_length=10, blank=True)
+    received_at = models.DateTimeField(_("received at"), db_index=True)
+
+    class Meta:
+        verbose_name = _("early delivery report")
+        verbose_name_plural = _("early delivery reports")
+
+    def __str__(self) -> str:
+        return f"{self.provider_id} {self.provider_status}"

@@ -6,7 +6,9 @@ family may share one phone, so all of them). An opt-out takes effect at once, in
 
 import unicodedata
 from datetime import datetime, timedelta
+from enum import StrEnum
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,7 +16,8 @@ from consent.models import Source
 from consent.services import consent_withdraw_all
 from patients.models import Appointment, Patient
 from reminders.channels.base import Inbound
-from reminders.models import OutboxMessage, StaffTask, Status
+from reminders.models import OutboxMessage, StaffTask, Status, WebhookEvent
+from reminders.receipts import webhook_event_record
 
 # What people type to stop texts, in Taiwan and in English.
 STOP_WORDS = {"STOP", "UNSUBSCRIBE", "CANCEL", "取消", "退訂", "停止", "不要再傳"}
@@ -22,6 +25,16 @@ CONFIRM, CHANGE = "1", "2"
 # A reply answers the confirmation request we sent in this many days before it.
 ANSWER_WINDOW = timedelta(days=3)
 ADDRESS_INDEX = {"sms": "phone", "line": "line_user_id"}
+PROVIDER = {"sms": WebhookEvent.Provider.TWILIO_SMS, "line": WebhookEvent.Provider.LINE}
+
+
+class ReplyOutcome(StrEnum):
+    OPTED_OUT = "opted out"
+    CONFIRMED = "confirmed"
+    CHANGE_REQUESTED = "change requested"
+    IGNORED = "ignored"
+    REPLAYED = "already handled"
+    TOO_OLD = "older than the replay window"
 
 
 def _normalise(text: str) -> str:
@@ -57,21 +70,32 @@ def _answered_request(patients: list[Patient], channel: str, now: datetime):
 
 
 @transaction.atomic
-def reply_handle(*, inbound: Inbound, now: datetime | None = None) -> str:
-    """Act on one inbound event; returns what was done ("opted out", "confirmed",
-    "change requested", or "ignored"). Never stores the text itself."""
+def reply_handle(
+    *,
+    inbound: Inbound,
+    event_id: str,
+    occurred_at: datetime | None = None,
+    now: datetime | None = None,
+) -> ReplyOutcome:
+    """Act on one inbound event, `event_id` being the provider's id for it; returns what was
+    done. The same event delivered again does nothing. Never stores the text itself."""
     now = now or timezone.now()
+    if occurred_at is not None and occurred_at < now - timedelta(days=settings.WEBHOOK_DEDUPE_DAYS):
+        # The dedupe table has forgotten events this old, so it could not tell a replay.
+        return ReplyOutcome.TOO_OLD
+    if not webhook_event_record(provider=PROVIDER[inbound.channel], event_id=event_id, now=now):
+        return ReplyOutcome.REPLAYED
     patients = _senders(inbound)
     if not patients:
-        return "ignored"
+        return ReplyOutcome.IGNORED
     if inbound.kind == "unfollow":
         for patient in patients:
             consent_withdraw_all(
                 patient=patient, source=Source.LINE_FOLLOW, channel="line", evidence="LINE unfollow"
             )
-        return "opted out"
+        return ReplyOutcome.OPTED_OUT
     if inbound.kind != "text":
-        return "ignored"
+        return ReplyOutcome.IGNORED
     text = _normalise(inbound.text)
     if text in STOP_WORDS:
         source = Source.SMS_KEYWORD if inbound.channel == "sms" else Source.PATIENT_REQUEST
@@ -79,22 +103,22 @@ def reply_handle(*, inbound: Inbound, now: datetime | None = None) -> str:
             consent_withdraw_all(
                 patient=patient, source=source, channel=inbound.channel, evidence=f"replied {text}"
             )
-        return "opted out"
+        return ReplyOutcome.OPTED_OUT
     if text not in (CONFIRM, CHANGE):
-        return "ignored"
+        return ReplyOutcome.IGNORED
     request = _answered_request(patients, inbound.channel, now)
     if request is None:
-        return "ignored"
+        return ReplyOutcome.IGNORED
     appointment = request.appointment
     if text == CONFIRM:
         Appointment.objects.filter(pk=appointment.pk, status=Appointment.Status.BOOKED).update(
             status=Appointment.Status.CONFIRMED, updated_at=now
         )
-        return "confirmed"
+        return ReplyOutcome.CONFIRMED
     today = timezone.localdate(now)
     StaffTask.objects.get_or_create(
         kind=StaffTask.Kind.RESCHEDULE,
         message=request,
         defaults={"patient_id": request.patient_id, "due_on": today, "until": today},
     )
-    return "change requested"
+    return ReplyOutcome.CHANGE_REQUESTED

@@ -1,6 +1,9 @@
 """django-q2 entry points. Thin: each is safe to run twice or at the same time as itself."""
 
+from django.utils import timezone
+
 from campaigns.planner import plan_due_messages
+from reminders.receipts import webhook_events_forget
 from reminders.services import messages_dispatch
 
 
@@ -11,3 +14,7 @@ def plan_task() -> dict[str, int]:
 
 def dispatch_task() -> dict[str, int]:
     return dict(messages_dispatch())
+
+
+def webhook_cleanup_task() -> int:
+    return webhook_events_forget(now=timezone.now())

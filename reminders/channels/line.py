@@ -1,11 +1,15 @@
 """LINE push messages through the official line-bot-sdk (v3, `linebot.v3.messaging`)."""
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import urllib3
 from django.conf import settings
-from linebot.v3.exceptions import InvalidSignatureError
 from linebot.v3.messaging import (
     ApiClient,
     ApiException,
@@ -14,11 +18,10 @@ from linebot.v3.messaging import (
     PushMessageRequest,
     TextMessage,
 )
-from linebot.v3.webhook import WebhookParser
 from linebot.v3.webhooks import (
+    Event,
     FollowEvent,
     MessageEvent,
-    TextMessageContent,
     UnfollowEvent,
 )
 
@@ -30,6 +33,9 @@ logger = logging.getLogger(__name__)
 # LINE's own count (an emoji outside the BMP counts as two here). A reminder that long is a
 # template bug, so it fails rather than reaching the patient cut in half.
 MAX_TEXT_UNITS = 5000
+
+# webhookEventId is a 26-character ULID; the dedupe table keeps up to 100.
+MAX_EVENT_ID_CHARS = 100
 
 
 class LineChannel(Channel):
@@ -126,27 +132,85 @@ def _seconds(value) -> float | None:
         return None
 
 
-def inbound_events(body: str, signature: str) -> list[Inbound]:
-    """The events of a LINE webhook call that we act on; raises InvalidSignature unless LINE
-    signed `body` with our channel secret (X-Line-Signature)."""
+@dataclass(frozen=True)
+class LineEvent:
+    """One webhook event we act on: LINE's id for it, when it happened, and what it means."""
+
+    event_id: str  # webhookEventId: the same on every redelivery of the event
+    redelivered: bool  # deliveryContext.isRedelivery: an earlier delivery may have been applied
+    occurred_at: datetime
+    inbound: Inbound
+
+
+def signature_ok(body: bytes, signature: str, secret: str) -> bool:
+    """Whether `signature` (X-Line-Signature) is LINE's HMAC-SHA256 of the raw `body` with our
+    channel secret. On bytes, before anything is decoded: the SDK's SignatureValidator takes
+    text, and decoding an unsigned body first lets anyone reach our decoder."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return hmac.compare_digest(base64.b64encode(digest), signature.encode("utf-8", "replace"))
+
+
+def inbound_events(body: bytes, signature: str) -> list[LineEvent]:
+    """The events of a LINE webhook call that we act on. Raises InvalidSignature unless LINE
+    signed `body` with our channel secret, and ValueError (naming no user data) when a signed
+    body is not the JSON LINE documents."""
     secret = settings.LINE_CHANNEL_SECRET
     if not secret:
         raise InvalidSignature("LINE_CHANNEL_SECRET is not set")
+    if not signature_ok(body, signature, secret):
+        raise InvalidSignature("X-Line-Signature does not match")
     try:
-        events = WebhookParser(secret).parse(body, signature)
-    except InvalidSignatureError as exc:
-        raise InvalidSignature("X-Line-Signature does not match") from exc
+        payload = json.loads(body.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError("body is not UTF-8 JSON") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
+        raise ValueError("body has no list of events")
     found = []
-    for event in events:
-        user_id = getattr(getattr(event, "source", None), "user_id", None)
-        if not user_id:  # group and room events carry no one patient
-            continue
-        if isinstance(event, UnfollowEvent):
-            found.append(Inbound(channel="line", kind="unfollow", sender=user_id))
-        elif isinstance(event, FollowEvent):
-            found.append(Inbound(channel="line", kind="follow", sender=user_id))
-        elif isinstance(event, MessageEvent) and isinstance(event.message, TextMessageContent):
-            found.append(
-                Inbound(channel="line", kind="text", sender=user_id, text=event.message.text)
-            )
+    for index, raw in enumerate(payload["events"]):
+        event = _event(index, raw)
+        if event is not None:
+            found.append(event)
     return found
+
+
+# The event types we act on; the SDK checks their fields against LINE's schema.
+_KINDS: dict[str, type[Event]] = {
+    "unfollow": UnfollowEvent,
+    "follow": FollowEvent,
+    "message": MessageEvent,
+}
+
+
+def _event(index: int, raw: object) -> LineEvent | None:
+    if not isinstance(raw, dict):
+        raise ValueError(f"event {index} is not an object")
+    kind = raw.get("type")
+    if not isinstance(kind, str) or kind not in _KINDS:
+        return None  # a type we don't act on (postback, join, and types LINE adds later)
+    content = raw.get("message")
+    if kind == "message" and not (isinstance(content, dict) and content.get("type") == "text"):
+        return None  # a sticker, a photo, or a message type newer than this SDK
+    try:
+        event = _KINDS[kind].from_dict(raw)
+        occurred_at = datetime.fromtimestamp(event.timestamp / 1000, tz=UTC)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError) as exc:
+        # The SDK's message quotes the whole event (user id, text): never log it.
+        raise ValueError(f"event {index} ({kind}) does not match LINE's schema") from exc
+    event_id = event.webhook_event_id
+    if not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
+        raise ValueError(f"event {index} has no usable webhookEventId")
+    user_id = getattr(getattr(event, "source", None), "user_id", None)
+    if not user_id:  # group and room events carry no one patient
+        return None
+    if isinstance(event, UnfollowEvent):
+        inbound = Inbound(channel="line", kind="unfollow", sender=user_id)
+    elif isinstance(event, FollowEvent):
+        inbound = Inbound(channel="line", kind="follow", sender=user_id)
+    else:
+        inbound = Inbound(channel="line", kind="text", sender=user_id, text=event.message.text)
+    return LineEvent(
+        event_id=event_id,
+        redelivered=bool(event.delivery_context.is_redelivery),
+        occurred_at=occurred_at,
+        inbound=inbound,
+    )

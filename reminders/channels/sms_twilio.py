@@ -1,9 +1,13 @@
 """SMS through Twilio's Programmable Messaging API, with the official `twilio` SDK."""
 
 import logging
+import re
+import uuid
+from dataclasses import dataclass
 
 import requests
 from django.conf import settings
+from django.urls import reverse
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
@@ -46,12 +50,30 @@ PERMANENT_DELIVERY_ERROR_CODES = {
 }
 
 
+class _LeavingSession(requests.Session):
+    # Notes the moment a request is handed to the network: an error raised before that (a
+    # credential that can't be encoded, a malformed URL) means Twilio has nothing.
+    left = False
+
+    def send(self, request, **kwargs):  # type: ignore[no-untyped-def]
+        self.left = True
+        return super().send(request, **kwargs)
+
+
 class _RecordingHttpClient(TwilioHttpClient):
     # TwilioRestException carries no response headers, so the Retry-After of a 429 would be
     # lost. One client per send keeps this free of races between threads.
     last_response = None
 
-    def request(self, *args, **kwargs):
+    def __init__(self, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(**kwargs)
+        self.session = _LeavingSession()
+
+    @property
+    def left(self) -> bool:
+        return bool(self.session and self.session.left)
+
+    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self.last_response = super().request(*args, **kwargs)
         return self.last_response
 
@@ -81,13 +103,23 @@ class TwilioSMSChannel(Channel):
             created = client.messages.create(
                 to=message.to,
                 body=message.body,
-                status_callback=f"{settings.PUBLIC_BASE_URL}/webhooks/twilio/status/",
+                status_callback=status_callback_url(message.id),
                 **sender,
             )
         except TwilioRestException as exc:
             raise _rest_error(exc, http_client.last_response) from exc
-        except requests.RequestException as exc:
-            raise _transport_error(exc, message) from exc
+        except Exception as exc:
+            if not http_client.left:
+                raise ChannelError(
+                    f"SMS not sent: the request could not be made ({type(exc).__name__})",
+                    permanent=True,
+                ) from exc
+            if isinstance(exc, requests.RequestException):
+                raise _transport_error(exc, message) from exc
+            logger.warning(
+                "sms outcome unknown message=%s error=%s", message.id, type(exc).__name__
+            )
+            raise OutcomeUnknown(f"Twilio may have the message: {type(exc).__name__}") from exc
         return created.sid
 
     @staticmethod
@@ -153,6 +185,13 @@ def _seconds(value) -> float | None:
         return None  # absent, or an HTTP date: let the outbox use its own backoff
 
 
+def status_callback_url(message_id: uuid.UUID) -> str:
+    """Where Twilio reports on the SMS `message_id`. Our uuid is in the URL, so a report finds
+    its message even before the sender has committed the MessageSid Twilio gave it."""
+    path = reverse("twilio-status", kwargs={"message_uuid": message_id})
+    return f"{settings.PUBLIC_BASE_URL}{path}"
+
+
 def verified_params(url: str, params: dict[str, str], signature: str) -> dict[str, str]:
     """`params` of a Twilio webhook call to `url`; raises InvalidSignature unless Twilio signed
     them with our auth token (X-Twilio-Signature covers the exact public URL and every param)."""
@@ -162,8 +201,57 @@ def verified_params(url: str, params: dict[str, str], signature: str) -> dict[st
     return params
 
 
-def inbound_sms(params: dict[str, str]) -> Inbound:
-    """A verified incoming-SMS webhook call as an Inbound text."""
-    return Inbound(
-        channel="sms", kind="text", sender=params.get("From", ""), text=params.get("Body", "")
+# Twilio's SID format (the spec's pattern for a Message SID is ^(SM|MM)[0-9a-fA-F]{32}$).
+_SID = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
+# MessageStatus values are lowercase words (queued, sent, delivered, partially_delivered...);
+# Twilio may add new ones, so any such word is accepted and an unknown one changes nothing.
+_STATUS = re.compile(r"[a-z_]{1,32}")
+_ERROR_CODE = re.compile(r"[0-9]{0,10}")
+_ADDRESS_CHARS = 64  # E.164 is at most 16; channel-prefixed addresses ("whatsapp:+886...") more
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """A verified status callback: which Twilio message, its status, and the error code."""
+
+    sid: str
+    status: str
+    error_code: str = ""
+
+
+@dataclass(frozen=True)
+class IncomingSMS:
+    """A verified incoming-SMS webhook call: Twilio's MessageSid for it, and what it says."""
+
+    sid: str
+    inbound: Inbound
+
+
+def _field(params: dict[str, str], name: str, pattern: re.Pattern[str]) -> str:
+    # The reason names the field only: the values may be a phone number or a message text.
+    value = params.get(name, "")
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{name} missing or malformed")
+    return value
+
+
+def status_report(params: dict[str, str]) -> StatusReport:
+    """A verified status callback's fields; raises ValueError when one is missing or
+    malformed."""
+    return StatusReport(
+        sid=_field(params, "MessageSid", _SID),
+        status=_field(params, "MessageStatus", _STATUS),
+        error_code=_field(params, "ErrorCode", _ERROR_CODE),
+    )
+
+
+def inbound_sms(params: dict[str, str]) -> IncomingSMS:
+    """A verified incoming-SMS webhook call; raises ValueError when MessageSid or From is
+    missing or malformed."""
+    sender = params.get("From", "")
+    if not sender or len(sender) > _ADDRESS_CHARS:
+        raise ValueError("From missing or malformed")
+    return IncomingSMS(
+        sid=_field(params, "MessageSid", _SID),
+        inbound=Inbound(channel="sms", kind="text", sender=sender, text=params.get("Body", "")),
     )

@@ -55,7 +55,7 @@ def test_sms_send_returns_the_message_sid_and_posts_what_twilio_expects(fake_twi
         "To": [PHONE],
         "Body": [BODY],
         "From": ["+15017122661"],
-        "StatusCallback": ["https://clinic.example/webhooks/twilio/status/"],
+        "StatusCallback": [f"https://clinic.example/webhooks/twilio/status/{message.id}/"],
     }
     assert contract.twilio_create_message(fake_twilio.account_sid, request.form) == []
 

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import uuid
 
 import pytest
 from django.urls import reverse
@@ -41,8 +42,10 @@ def patient():
     return patient
 
 
-def sms_from(client, sender, body, *, signature=None):
-    params = {"From": sender, "To": "+15017122661", "Body": body, "MessageSid": "SM" + "1" * 32}
+def sms_from(client, sender, body, *, signature=None, sid=None):
+    """Twilio's incoming-SMS webhook call; each SMS has its own MessageSid unless `sid` says."""
+    sid = sid or "SM" + uuid.uuid4().hex
+    params = {"From": sender, "To": "+15017122661", "Body": body, "MessageSid": sid}
     url = BASE + reverse("twilio-sms")
     signature = signature or RequestValidator(TOKEN).compute_signature(url, params)
     return client.post(reverse("twilio-sms"), params, HTTP_X_TWILIO_SIGNATURE=signature)
@@ -60,12 +63,13 @@ def line_events(client, *events, secret=SECRET):
 
 
 def line_event(kind, user_id=LINE_ID, **extra):
+    """A LINE webhook event that just happened, with its own webhookEventId."""
     return {
         "type": kind,
         "mode": "active",
-        "timestamp": 1_790_000_000_000,
+        "timestamp": int(timezone.now().timestamp() * 1000),
         "source": {"type": "user", "userId": user_id},
-        "webhookEventId": "01H000000000000000000000" + kind[:2].upper(),
+        "webhookEventId": "01H" + uuid.uuid4().hex[:23].upper(),
         "deliveryContext": {"isRedelivery": False},
         **extra,
     }

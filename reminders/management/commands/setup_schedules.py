@@ -5,11 +5,15 @@ SCHEDULES = [
     # name, task, every N minutes
     ("plan care rules", "reminders.tasks.plan_task", 5),
     ("dispatch messages", "reminders.tasks.dispatch_task", 1),
+    ("forget old webhook events", "reminders.tasks.webhook_cleanup_task", 24 * 60),
 ]
 
 
 class Command(BaseCommand):
-    help = "Create or update the worker's schedules (planner every 5 minutes, dispatch every 1)."
+    help = (
+        "Create or update the worker's schedules (planner every 5 minutes, dispatch every 1, "
+        "webhook dedupe cleanup daily)."
+    )
 
     def handle(self, *args, **options):
         for name, func, minutes in SCHEDULES:
