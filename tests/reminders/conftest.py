@@ -2,12 +2,14 @@ import pytest
 
 from reminders.channels.base import _load
 
+from .contract import require_specs
 from .fake_providers import FakeLine, FakeTwilio
 
 
 @pytest.fixture
 def fake_twilio(settings):
     """A fake Twilio on 127.0.0.1, with the real SMS adapter pointed at it."""
+    require_specs()  # the fake checks every request against Twilio's own spec
     fake = FakeTwilio().start()
     settings.TWILIO_ACCOUNT_SID = fake.account_sid
     settings.TWILIO_AUTH_TOKEN = fake.auth_token
@@ -29,6 +31,7 @@ def fake_twilio(settings):
 @pytest.fixture
 def fake_line(settings):
     """A fake LINE Messaging API on 127.0.0.1, with the real LINE adapter pointed at it."""
+    require_specs()
     fake = FakeLine().start()
     settings.LINE_CHANNEL_ACCESS_TOKEN = fake.access_token
     settings.LINE_API_BASE_URL = fake.url
