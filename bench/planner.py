@@ -147,13 +147,15 @@ def planner_due_sets(url: str, now: datetime, runs: int) -> tuple[list[dict], di
     django.setup()
     from campaigns.models import Rule
     from campaigns.planner import due_set
+    from patients.models import ClinicProfile
 
+    profile = ClinicProfile.load()
     rules, sizes = [], {}
     for rule in Rule.objects.filter(enabled=True).prefetch_related("conditions"):
         timings = []
         for _ in range(runs):
             started = time.perf_counter()
-            query, expand = due_set(rule, now=now)
+            query, expand = due_set(rule, now=now, profile=profile)
             rows = list(query)
             timings.append(time.perf_counter() - started)
         sizes[rule.name] = {
