@@ -32,6 +32,7 @@ test: $(DEPS) messages
 lint: $(DEPS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(MANAGE) makemigrations --check --dry-run --verbosity 0
 
 # Seeding, one planning pass against hand-written SQL, dispatch through a fake Twilio: each

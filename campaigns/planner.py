@@ -238,7 +238,9 @@ def _skip(rule: Rule, due: Due, reason: str, now: datetime) -> Skip:
 def _load_related(to_queue: list[ToQueue]) -> Any:
     """Fetch the appointments, procedures, … the queued messages talk about, one query each."""
     loaded = {
-        key: model.objects.in_bulk({i.due.refs[key] for i in to_queue if key in i.due.refs})
+        key: model._default_manager.in_bulk(
+            {i.due.refs[key] for i in to_queue if key in i.due.refs}
+        )
         for key, model in RELATED.items()
     }
 

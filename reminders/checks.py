@@ -1,5 +1,6 @@
 """`manage.py check --deploy`: say which channels will not reach patients."""
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig
@@ -10,9 +11,11 @@ from consent.models import Channel
 
 
 @checks.register(checks.Tags.security, deploy=True)
-def check_channels(app_configs: list[AppConfig] | None = None, **kwargs: Any) -> list[Any]:
+def check_channels(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     """A channel without credentials is off; one on the console channel only logs."""
-    found: list[Any] = []
+    found: list[checks.CheckMessage] = []
     for channel in Channel.values:
         path = settings.REMINDER_CHANNELS.get(channel)
         if not path:

@@ -15,8 +15,10 @@ import uuid
 from collections import Counter
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.db.models import DateTimeField, Exists, F, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -39,7 +41,11 @@ BACKOFF_MAX = timedelta(hours=1)
 # Providers whose API dedupes a resend of the same message (LINE: X-Line-Retry-Key).
 IDEMPOTENT_CHANNELS = {Channel.LINE}
 IDEMPOTENCY_WINDOW = timedelta(hours=23)
-ADDRESS = {Channel.SMS: "phone", Channel.LINE: "line_user_id", Channel.EMAIL: "email"}
+ADDRESS: dict[str, str] = {
+    Channel.SMS: "phone",
+    Channel.LINE: "line_user_id",
+    Channel.EMAIL: "email",
+}
 CLAIM_TRIES = 5
 
 
@@ -54,7 +60,8 @@ def messages_claim(*, now: datetime, limit: int) -> list[OutboxMessage]:
         .order_by("priority", "next_attempt_at", "id")
     )
     for _try in range(CLAIM_TRIES):
-        ids, patients = [], set()
+        ids: list[int] = []
+        patients: set[int] = set()
         for message_id, patient_id in due.values_list("id", "patient_id")[: limit * 2]:
             if patient_id not in patients and len(ids) < limit:
                 patients.add(patient_id)
@@ -78,7 +85,7 @@ def messages_claim(*, now: datetime, limit: int) -> list[OutboxMessage]:
     )
 
 
-def _finish(message: OutboxMessage, **changes) -> None:
+def _finish(message: OutboxMessage, **changes: Any) -> None:
     for name, value in changes.items():
         setattr(message, name, value)
     message.claim = ""
@@ -266,9 +273,9 @@ def _resend_is_deduped(message: OutboxMessage, now: datetime) -> bool:
     return first is None or now - first.started_at < IDEMPOTENCY_WINDOW
 
 
-def messages_recover(*, now: datetime) -> Counter:
+def messages_recover(*, now: datetime) -> Counter[str]:
     """Settle messages whose sender died mid-claim (held past DISPATCH_CLAIM_LEASE_SECONDS)."""
-    results = Counter()
+    results: Counter[str] = Counter()
     lease = timedelta(seconds=settings.DISPATCH_CLAIM_LEASE_SECONDS)
     stuck = OutboxMessage.objects.filter(status=Status.SENDING, claimed_at__lt=now - lease)
     for message in stuck.select_related("patient"):
@@ -337,12 +344,12 @@ class RateLimiter:
             clock.sleep(slot - now)
 
 
-def messages_dispatch(*, batch_size: int = 50, time_budget: float = 50.0) -> Counter:
+def messages_dispatch(*, batch_size: int = 50, time_budget: float = 50.0) -> Counter[str]:
     """Send what is due until nothing is or `time_budget` seconds have passed."""
     deadline = clock.monotonic() + time_budget
     results = messages_recover(now=timezone.now())
     profile = ClinicProfile.load()
-    workers = max(1, settings.Q_CLUSTER.get("workers", 1))
+    workers = max(1, int(str(settings.Q_CLUSTER.get("workers", 1))))
     # Each worker takes its share of the channel's limit, so all together stay under it.
     limiter = RateLimiter({ch: rate / workers for ch, rate in settings.CHANNEL_RATE_LIMITS.items()})
     while clock.monotonic() < deadline:
@@ -378,7 +385,9 @@ def _release(messages: list[OutboxMessage]) -> None:
     ).update(status=Status.QUEUED, claim="")
 
 
-def messages_settle_unknown(*, message_ids: list[int], sent: bool, actor, now: datetime) -> int:
+def messages_settle_unknown(
+    *, message_ids: list[int], sent: bool, actor: AbstractBaseUser, now: datetime
+) -> int:
     """Record what staff confirmed with the provider about messages whose outcome was unknown.
 
     Only messages still `unknown` change; returns how many did. Their review tasks are closed.

@@ -51,7 +51,8 @@ class Channel:
 
 @lru_cache(maxsize=16)
 def _load(dotted_path: str) -> Channel:
-    return import_string(dotted_path)()
+    adapter: Channel = import_string(dotted_path)()
+    return adapter
 
 
 class ChannelNotConfigured(Exception):
