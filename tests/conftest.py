@@ -51,3 +51,29 @@ def _flush_past_append_only_triggers():
     DatabaseOperations.sql_flush = sql_flush
     yield
     DatabaseOperations.sql_flush = flush
+
+
+@pytest.fixture
+def memory_channels(settings):
+    """Every channel is the in-memory one: yields the list of what was sent."""
+    from reminders.channels import memory
+    from reminders.channels.base import _load
+    from reminders.channels.memory import MemoryChannel
+
+    path = "reminders.channels.memory.MemoryChannel"
+    settings.REMINDER_CHANNELS = {"sms": path, "line": path, "email": path}
+    settings.CHANNEL_RATE_LIMITS = {}
+    _load.cache_clear()
+    MemoryChannel.reset()
+    yield memory.outbox
+    MemoryChannel.reset()
+    _load.cache_clear()
+
+
+@pytest.fixture
+def english():
+    """Reasons are written in the worker's language; tests that read them do so in English."""
+    from django.utils import translation
+
+    with translation.override("en"):
+        yield

@@ -2,10 +2,8 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
-import time_machine
 
 from campaigns.models import Rule, Skip
-from campaigns.planner import plan_due_messages
 from consent.models import Channel, Purpose
 from patients.models import Appointment, ClinicProfile, Condition, RefillWindow
 from patients.services import prescription_sync_refills
@@ -19,24 +17,10 @@ from tests.factories import (
     grant,
     withdraw,
 )
+from tests.helpers import only, plan, taipei
 
 pytestmark = pytest.mark.django_db
 TPE = ZoneInfo("Asia/Taipei")
-
-
-def taipei(*args) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=TPE)
-
-
-def only(prefix: str) -> Rule:
-    """Leave enabled just the shipped rules whose names start with `prefix`; return the first."""
-    Rule.objects.exclude(name__startswith=prefix).update(enabled=False)
-    return Rule.objects.filter(name__startswith=prefix).order_by("pk").first()
-
-
-def plan(at: dt.datetime):
-    with time_machine.travel(at, tick=False):
-        return plan_due_messages(now=at)
 
 
 def skip_reason(patient, rule) -> str:

@@ -2,7 +2,6 @@
 out on an open day before it (7.1), and a plan for a given time renders from that time (7.6)."""
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
@@ -16,38 +15,12 @@ from campaigns.templating import allowed_fields
 from consent.models import Channel, Purpose
 from patients.models import Appointment
 from patients.services import patient_erase
-from reminders.channels.base import _load
 from reminders.models import OutboxMessage, Status
-from reminders.services import messages_dispatch
 from tests.factories import AppointmentFactory, PatientFactory, ProcedureFactory, grant, withdraw
+from tests.helpers import MEMORY, dispatch, only, plan, taipei
 
-pytestmark = pytest.mark.django_db
-TPE = ZoneInfo("Asia/Taipei")
-MEMORY = "reminders.channels.memory.MemoryChannel"
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("memory_channels")]
 SUNDAY = 6
-
-
-def taipei(*args) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=TPE)
-
-
-@pytest.fixture(autouse=True)
-def memory_channels(settings):
-    settings.REMINDER_CHANNELS = {"sms": MEMORY, "line": MEMORY, "email": MEMORY}
-    settings.CHANNEL_RATE_LIMITS = {}
-    _load.cache_clear()
-    yield
-    _load.cache_clear()
-
-
-def only(prefix: str) -> Rule:
-    Rule.objects.exclude(name__startswith=prefix).update(enabled=False)
-    return Rule.objects.get(name__startswith=prefix)
-
-
-def plan(moment):
-    with time_machine.travel(moment, tick=False):
-        return plan_due_messages(now=moment)
 
 
 # --- 16: one policy, two faces ---------------------------------------------------------------
@@ -267,7 +240,7 @@ def test_a_visit_booked_on_the_closed_day_before_it_is_skipped_with_a_reason(mon
     skip = Skip.objects.get()
     assert (skip.patient, skip.reason) == (monday_visit.patient, SkipReason.NO_OPEN_DAY)
     with translation.override("zh-hant"):
-        assert skip.get_reason_display() != SkipReason.NO_OPEN_DAY.value
+        assert skip.get_reason_display() == "回診前已沒有營業日可以發送"
 
 
 def test_a_confirmation_planned_too_late_in_the_evening_is_skipped_not_sent_on_the_day(
@@ -288,8 +261,7 @@ def test_a_confirmation_not_sent_by_the_eve_is_dropped_not_sent_on_the_visit_day
     plan(taipei(2026, 12, 5, 8, 0))
     moment = taipei(2026, 12, 7, 9, 0)  # the worker was down all weekend
 
-    with time_machine.travel(moment, tick=False):
-        messages_dispatch(time_budget=5)
+    dispatch(moment)
 
     assert OutboxMessage.objects.get().status == Status.DROPPED
 

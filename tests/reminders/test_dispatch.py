@@ -1,66 +1,22 @@
 import datetime as dt
 import threading
-from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
 from django.db import connection
-from django.utils import translation
 
 from campaigns.models import Rule
-from campaigns.planner import plan_due_messages
 from consent.models import Channel, Purpose
 from patients.models import Appointment, ClinicProfile
 from patients.services import prescription_sync_refills
-from reminders.channels import memory
-from reminders.channels.base import ChannelError, OutcomeUnknown, _load
+from reminders.channels.base import ChannelError, OutcomeUnknown
 from reminders.channels.memory import MemoryChannel
 from reminders.models import Attempt, OutboxMessage, StaffTask, Status
 from reminders.services import messages_dispatch, messages_recover
 from tests.factories import AppointmentFactory, PatientFactory, PrescriptionFactory, grant, withdraw
+from tests.helpers import dispatch, only, plan, taipei
 
-pytestmark = pytest.mark.django_db
-TPE = ZoneInfo("Asia/Taipei")
-MEMORY = "reminders.channels.memory.MemoryChannel"
-
-
-def taipei(*args) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=TPE)
-
-
-@pytest.fixture(autouse=True)
-def _english():
-    """Reasons are written in the worker's language; these tests read them in English."""
-    with translation.override("en"):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def memory_channels(settings):
-    settings.REMINDER_CHANNELS = {"sms": MEMORY, "line": MEMORY, "email": MEMORY}
-    settings.CHANNEL_RATE_LIMITS = {}
-    _load.cache_clear()
-    MemoryChannel.reset()
-    yield memory.outbox
-    MemoryChannel.reset()
-    _load.cache_clear()
-
-
-def at(moment, fn, **kwargs):
-    with time_machine.travel(moment, tick=False):
-        return fn(**kwargs)
-
-
-def plan(moment):
-    return at(moment, plan_due_messages, now=moment)
-
-
-def dispatch(moment):
-    return at(moment, messages_dispatch, time_budget=5)
-
-
-def only(prefix):
-    Rule.objects.exclude(name__startswith=prefix).update(enabled=False)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("memory_channels", "english")]
 
 
 @pytest.fixture

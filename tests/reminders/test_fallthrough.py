@@ -7,62 +7,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
-import time_machine
 from django.core.management import call_command
-from django.utils import translation
 
-from campaigns.models import Rule, Skip, SkipReason
-from campaigns.planner import plan_due_messages
+from campaigns.models import Skip, SkipReason
 from consent.models import Channel, Purpose
-from reminders.channels import memory
 from reminders.channels.base import ChannelError, _load
 from reminders.channels.memory import MemoryChannel
 from reminders.models import Attempt, OutboxMessage, StaffTask, Status
-from reminders.services import messages_dispatch
 from tests.factories import AppointmentFactory, PatientFactory, grant
+from tests.helpers import MEMORY, dispatch, only, plan, taipei
 
-pytestmark = pytest.mark.django_db
-TPE = ZoneInfo("Asia/Taipei")
-MEMORY = "reminders.channels.memory.MemoryChannel"
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("memory_channels", "english")]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def taipei(*args) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=TPE)
-
-
-@pytest.fixture(autouse=True)
-def _english():
-    with translation.override("en"):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def memory_channels(settings):
-    settings.REMINDER_CHANNELS = {"sms": MEMORY, "line": MEMORY, "email": MEMORY}
-    settings.CHANNEL_RATE_LIMITS = {}
-    _load.cache_clear()
-    MemoryChannel.reset()
-    yield memory.outbox
-    MemoryChannel.reset()
-    _load.cache_clear()
-
-
-def plan(moment):
-    with time_machine.travel(moment, tick=False):
-        return plan_due_messages(now=moment)
-
-
-def dispatch(moment):
-    with time_machine.travel(moment, tick=False):
-        return messages_dispatch(time_budget=5)
-
-
-def only(prefix):
-    Rule.objects.exclude(name__startswith=prefix).update(enabled=False)
 
 
 @pytest.fixture

@@ -1,0 +1,36 @@
+"""Small things many tests say: a time in the clinic's zone, only some shipped rules on, and
+planning or dispatching at a frozen moment."""
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import time_machine
+
+from campaigns.models import Rule
+from campaigns.planner import plan_due_messages
+from reminders.services import messages_dispatch
+
+TPE = ZoneInfo("Asia/Taipei")
+MEMORY = "reminders.channels.memory.MemoryChannel"
+
+
+def taipei(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=TPE)
+
+
+def only(prefix: str) -> Rule | None:
+    """Leave enabled just the shipped rules whose names start with `prefix`; return the first."""
+    Rule.objects.exclude(name__startswith=prefix).update(enabled=False)
+    return Rule.objects.filter(name__startswith=prefix).order_by("pk").first()
+
+
+def plan(moment: dt.datetime):
+    """Plan every enabled rule at `moment`, with the clock frozen there too."""
+    with time_machine.travel(moment, tick=False):
+        return plan_due_messages(now=moment)
+
+
+def dispatch(moment: dt.datetime):
+    """One dispatch run at `moment`, with the clock frozen there."""
+    with time_machine.travel(moment, tick=False):
+        return messages_dispatch(time_budget=5)
