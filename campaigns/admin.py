@@ -1,8 +1,12 @@
+from collections.abc import Mapping
+
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import JsonResponse
+from django.forms.formsets import DELETION_FIELD_NAME
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
@@ -11,7 +15,17 @@ from django.views.decorators.http import require_POST
 
 from campaigns.context import sample_context
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip
-from campaigns.templating import TemplateProblem, check_template, render, sms_size
+from campaigns.templating import (
+    BODY_MAX_CHARS,
+    SUBJECT_MAX_CHARS,
+    RenderedText,
+    TemplateProblem,
+    TemplateRenderError,
+    check_template,
+    render,
+    render_message,
+    sms_size,
+)
 from consent.models import Channel
 from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
 from patients.models import ClinicProfile, Language, Patient
@@ -140,12 +154,15 @@ class MessageTemplateForm(forms.ModelForm):
     class Meta:
         model = MessageTemplate
         fields = ["channel", "language", "subject", "body"]
-        widgets = {"body": forms.Textarea(attrs={"rows": 5, "cols": 80})}
+        widgets = {
+            "body": forms.Textarea(attrs={"rows": 5, "cols": 80, "maxlength": BODY_MAX_CHARS})
+        }
         help_texts = {
             "subject": _("E-mail only."),
             "body": _(
-                "Fields such as {{ patient.display_name }} or {{ clinic.phone }}, and "
-                "{% if … %}…{% endif %}. An unknown field is refused with the list of known ones."
+                "Fields such as {{ patient.display_name }} or {{ clinic.phone }}, the filters "
+                '|default:"…", |upper and |lower, and {% if … %}…{% endif %}. Anything else is '
+                "refused with what is allowed. At most 2,000 characters."
             ),
         }
 
@@ -154,32 +171,51 @@ class TemplateFormSet(forms.BaseInlineFormSet):
     """Checks every text against the kind chosen on this page, also for a rule not saved yet.
 
     MessageTemplate.clean takes the kind from the template's rule only once that rule has a row;
-    before, it accepts the fields of every kind (a birthday text naming an appointment).
+    before, it accepts the fields of every kind (a birthday text naming an appointment). A text
+    that passes is also rendered with the sample data, so one too long for its channel (which
+    the planner would skip for every patient) is refused here.
     """
 
-    def clean(self):
+    def clean(self) -> None:
         super().clean()
         kind = self.instance.kind or None
+        profile = ClinicProfile.load()
         for form in self.forms:
-            if self.can_delete and self._should_delete_form(form):
+            data = getattr(form, "cleaned_data", {})
+            if self.can_delete and data.get(DELETION_FIELD_NAME):
                 continue
-            for name in ("body", "subject"):
-                if name in form.errors or name not in getattr(form, "cleaned_data", {}):
+            for name, most in (("body", BODY_MAX_CHARS), ("subject", SUBJECT_MAX_CHARS)):
+                if name in form.errors or name not in data:
                     continue
                 try:
-                    check_template(form.cleaned_data[name], kind=kind)
+                    check_template(data[name], kind=kind, max_chars=most)
                 except TemplateProblem as problem:
                     form.add_error(name, str(problem))
+            if form.errors or data.get("channel") not in Channel.values:
+                continue
+            context = sample_context(kind or "", data["language"], profile, timezone.localdate())
+            try:
+                render_message(
+                    subject=data["subject"],
+                    body=data["body"],
+                    context=context,
+                    channel=data["channel"],
+                )
+            except TemplateRenderError as error:
+                form.add_error("subject" if error.in_subject else "body", str(error))
 
 
-def template_preview(*, kind: str, channel: str, language: str, body: str, subject: str) -> dict:
+def template_preview(
+    *, kind: str, channel: str, language: str, body: str, subject: str
+) -> dict[str, object]:
     """A template rendered with made-up sample data (no patient's), and its SMS size.
 
-    Never raises: a problem with the template comes back as ok=False and the error.
+    Never raises: a problem with the template, or a text too long for the channel, comes back
+    as ok=False and the error. The source limits checked first bound the work and the answer.
     """
-    kind = kind if kind in RuleKind.values else None
+    rule_kind = kind if kind in RuleKind.values else None
     language = language if language in Language.values else Language.ZH_HANT
-    result = {
+    result: dict[str, object] = {
         "ok": False,
         "text": "",
         "subject": "",
@@ -190,18 +226,22 @@ def template_preview(*, kind: str, channel: str, language: str, body: str, subje
         "error": "",
     }
     try:
-        check_template(body, kind=kind)
-        check_template(subject, kind=kind)
-        context = sample_context(kind or "", language, ClinicProfile.load())
-        text = render(body, context)
-        result["subject"] = render(subject, context) if channel == Channel.EMAIL else ""
+        check_template(body, kind=rule_kind)
+        check_template(subject, kind=rule_kind, max_chars=SUBJECT_MAX_CHARS)
     except TemplateProblem as problem:
         result["error"] = str(problem)
         return result
-    except Exception as exc:  # a filter that fails on the sample data; the planner skips those
-        result["error"] = str(_("The text could not be rendered: %(error)s") % {"error": exc})
+    context = sample_context(rule_kind or "", language, ClinicProfile.load(), timezone.localdate())
+    try:
+        if channel in Channel.values:
+            rendered = render_message(subject=subject, body=body, context=context, channel=channel)
+        else:  # no channel chosen yet: the text alone
+            rendered = RenderedText(subject="", body=render(body, context))
+    except TemplateRenderError as error:
+        result["error"] = str(_("The text could not be rendered: %(error)s") % {"error": error})
         return result
-    result.update(ok=True, text=text)
+    text = rendered.body
+    result.update(ok=True, text=text, subject=rendered.subject)
     if channel == Channel.SMS:
         size = sms_size(text)
         result.update(encoding=size.encoding, units=size.units, segments=size.segments)
@@ -217,7 +257,7 @@ def template_preview(*, kind: str, channel: str, language: str, body: str, subje
     return result
 
 
-def preview_html(preview: dict, *, url: str, kind: str) -> str:
+def preview_html(preview: Mapping[str, object], *, url: str, kind: str) -> str:
     """The preview box under a template text; template_preview.js refills it while typing."""
     return format_html(
         '<div class="template-preview" data-url="{url}" data-kind="{kind}" aria-live="polite">'
@@ -239,7 +279,7 @@ def preview_html(preview: dict, *, url: str, kind: str) -> str:
     )
 
 
-def _hidden(value) -> str:
+def _hidden(value: object) -> str:
     return "" if value else " hidden"
 
 
@@ -254,11 +294,11 @@ class MessageTemplateInline(admin.StackedInline):
         js = ["campaigns/template_preview.js"]
         css = {"all": ["campaigns/template_preview.css"]}
 
-    def get_extra(self, request, obj=None, **kwargs):
+    def get_extra(self, request: HttpRequest, obj: Rule | None = None, **kwargs: object) -> int:
         return 0 if obj else 1
 
     @admin.display(description=_("preview with sample data"))
-    def preview(self, obj):
+    def preview(self, obj: MessageTemplate | None) -> str:
         url = reverse("admin:campaigns_rule_preview")
         if obj is None or obj.pk is None:
             empty = {"subject": "", "text": "", "size": "", "error": ""}
@@ -311,7 +351,7 @@ class RuleAdmin(admin.ModelAdmin):
         # Before the default URLs: "<path:object_id>/" would take "preview/" for a rule's id.
         return [path("preview/", preview, name="campaigns_rule_preview"), *super().get_urls()]
 
-    def preview_view(self, request):
+    def preview_view(self, request: HttpRequest) -> HttpResponse:
         # Only made-up sample data is rendered, no patient's: nothing to audit.
         if not self.has_view_permission(request):
             raise PermissionDenied
@@ -319,7 +359,7 @@ class RuleAdmin(admin.ModelAdmin):
 
 
 @require_POST
-def _preview_post(request):
+def _preview_post(request: HttpRequest) -> JsonResponse:
     data = request.POST
     preview = template_preview(
         kind=data.get("kind", ""),

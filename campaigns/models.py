@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from campaigns.templating import BODY_MAX_CHARS, SUBJECT_MAX_CHARS, TemplateProblem, check_template
 from consent.models import Channel, Purpose
 from patients.models import Condition, Language, Patient
 
@@ -119,7 +120,7 @@ class MessageTemplate(models.Model):
     rule = models.ForeignKey(Rule, on_delete=models.CASCADE, related_name="templates")
     channel = models.CharField(_("channel"), max_length=8, choices=Channel.choices)
     language = models.CharField(_("language"), max_length=8, choices=Language.choices)
-    subject = models.CharField(_("e-mail subject"), max_length=150, blank=True)
+    subject = models.CharField(_("e-mail subject"), max_length=SUBJECT_MAX_CHARS, blank=True)
     body = models.TextField(_("text"))
 
     class Meta:
@@ -132,18 +133,19 @@ class MessageTemplate(models.Model):
             )
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.rule} · {self.channel} · {self.language}"
 
-    def clean(self):
-        from campaigns.templating import TemplateProblem, check_template
-
+    def clean(self) -> None:
         super().clean()
         kind = self.rule.kind if self.rule_id else None
         errors = {}
-        for field in ("body", "subject"):
+        for field, most in (("body", BODY_MAX_CHARS), ("subject", SUBJECT_MAX_CHARS)):
+            source = getattr(self, field)
+            if field == "subject" and len(source) > most:
+                continue  # the column's max_length already says so, in its own words
             try:
-                check_template(getattr(self, field), kind=kind)
+                check_template(source, kind=kind, max_chars=most)
             except TemplateProblem as problem:
                 errors[field] = str(problem)
         if errors:

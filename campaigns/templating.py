@@ -1,26 +1,38 @@
-"""Message templates: the fixed context they may use, checking, rendering and SMS sizing.
+"""Message templates: the fixed context they may use, checking, rendering and sizing per channel.
 
 Templates use Django template syntax limited to `{{ variable|filter }}` and
-`{% if %}/{% elif %}/{% else %}/{% endif %}`, over the variables in CONTEXT_FIELDS. A template
-naming anything else is rejected when it is saved, not discovered when a patient gets a blank.
+`{% if %}/{% elif %}/{% else %}/{% endif %}`, over the variables in COMMON_FIELDS and
+KIND_FIELDS and the filters in FILTERS, whose argument must be a literal. A template naming
+anything else is rejected when it is saved, not discovered when a patient gets a blank: a
+variable argument (`|add:patient.name`) or a padding filter (`|ljust:"5000000"`) would let a
+saved text leak other fields, fail on one patient's data or grow to megabytes.
+
+Rendering a message goes through render_message, which also holds each channel's size limit
+and raises TemplateRenderError, whose text never contains patient data (safe to log).
 """
 
+import enum
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 
+from django.conf import settings
 from django.template import Context, Engine, TemplateSyntaxError
-from django.template.base import FilterExpression, Lexer, Parser, TokenType, Variable
+from django.template.base import Lexer, Template, Token, TokenType, Variable, filter_re
 from django.utils import timezone
 from django.utils.html import escape, linebreaks
 from django.utils.translation import gettext as _
 
-# Variables every template may use, then those of each rule kind.
-COMMON_FIELDS = {
+from patients.models import ContactChannel
+
+# Variables every template may use, then those of each rule kind. A template names exactly
+# root.field: nothing deeper, nothing else.
+COMMON_FIELDS: dict[str, tuple[str, ...]] = {
     "patient": ("display_name", "name"),
     "clinic": ("name", "phone", "address", "line_account_name"),
 }
-KIND_FIELDS = {
+KIND_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "birthday": {"patient": ("age",)},
     "postop": {"procedure": ("type", "discharge_date", "days_since")},
     "dose": {"prescription": ("drug", "dose", "dose_time")},
@@ -31,14 +43,58 @@ KIND_FIELDS = {
     },
     "recall": {"visit": ("last_date", "department")},
 }
-ALLOWED_TAGS = {"if", "elif", "else", "endif"}
-IF_WORDS = {"and", "or", "not", "in", "is", "==", "!=", "<", ">", "<=", ">="}
+ALLOWED_TAGS = frozenset({"if", "elif", "else", "endif"})
+IF_WORDS = frozenset({"and", "or", "not", "in", "is", "==", "!=", "<", ">", "<=", ">="})
+# The filters a message may use, and whether each takes an argument (then a literal). Dates
+# and times arrive formatted, so no date filters; padding and repeating filters could make one
+# message megabytes; the shipped texts (migration 0002) use none at all.
+FILTERS: dict[str, bool] = {"default": True, "upper": False, "lower": False}
+
+# Source lengths a template may have when saved (the subject's is also its column's length).
+BODY_MAX_CHARS = 2000
+SUBJECT_MAX_CHARS = 150
+# Rendered lengths per channel; SMS is limited by settings.SMS_MAX_SEGMENTS instead.
+# LINE's text message limit, counted in UTF-16 code units, which is never more lenient than
+# LINE's own count (an emoji outside the BMP counts as two here).
+LINE_MAX_TEXT_UNITS = 5000
+EMAIL_MAX_BODY_CHARS = 20_000
+EMAIL_MAX_SUBJECT_CHARS = 200
 
 _engine = Engine(autoescape=False)
 
 
 class TemplateProblem(Exception):
-    """A template that can't be saved: bad syntax, a tag we don't allow, or an unknown field."""
+    """A template that can't be saved: bad syntax, a tag, filter or field we don't allow."""
+
+
+class RenderFailure(enum.StrEnum):
+    """Why a template gave no text for one message."""
+
+    FAILED = "failed"  # the template raised on this context
+    EMPTY = "empty"  # it rendered to nothing (blank text is refused by every provider)
+    TOO_LONG = "too_long"  # over the channel's limit
+
+
+class TemplateRenderError(Exception):
+    """A template that gave no sendable text for one message.
+
+    Its message names the failure and at most an exception's type, never a value from the
+    context, so it is safe to log; it is raised with no exception chained for the same reason.
+    `in_subject` says whether the e-mail subject, not the body, is the problem.
+    """
+
+    def __init__(self, failure: RenderFailure, message: str, *, in_subject: bool = False) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.in_subject = in_subject
+
+
+@dataclass(frozen=True)
+class RenderedText:
+    """One message's texts for one channel; `subject` is empty except for e-mail."""
+
+    subject: str
+    body: str
 
 
 def allowed_fields(kind: str | None) -> dict[str, tuple[str, ...]]:
@@ -51,8 +107,39 @@ def allowed_fields(kind: str | None) -> dict[str, tuple[str, ...]]:
     return {root: tuple(names) for root, names in fields.items()}
 
 
-def _variables(source: str):
-    parser = Parser([], builtins=_engine.template_builtins)
+def check_template(source: str, *, kind: str | None, max_chars: int = BODY_MAX_CHARS) -> None:
+    """Check a template's source before it is saved or previewed.
+
+    Raises TemplateProblem, with a message for staff, unless `source` is at most `max_chars`
+    long, compiles, and uses only the allowed tags, the allowed filters with literal arguments,
+    and the fields allowed for `kind`.
+    """
+    if len(source) > max_chars:
+        raise TemplateProblem(
+            _("The text is %(count)d characters long; at most %(max)d are allowed.")
+            % {"count": len(source), "max": max_chars}
+        )
+    allowed = allowed_fields(kind)
+    try:
+        variables = list(_variables(source))
+        _engine.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(_("Template syntax error: %(error)s") % {"error": exc}) from exc
+    for variable in variables:
+        if variable.literal is not None:
+            continue
+        lookups = variable.lookups or ()
+        if len(lookups) != 2 or lookups[1] not in allowed.get(lookups[0], ()):
+            known = ", ".join(f"{r}.{f}" for r, names in allowed.items() for f in names)
+            raise TemplateProblem(
+                _("Unknown field {{ %(field)s }}. Known: %(known)s.")
+                % {"field": variable.var, "known": known}
+            )
+
+
+def _variables(source: str) -> Iterator[Variable]:
+    """The variables `source` names. Raises TemplateProblem for a tag or filter not allowed and
+    TemplateSyntaxError for an unclosed tag; leaves other syntax errors to the compiler."""
     for token in Lexer(source).tokenize():
         if token.token_type == TokenType.TEXT and (
             "{{" in token.contents or "{%" in token.contents
@@ -60,48 +147,172 @@ def _variables(source: str):
             # Django renders an unclosed tag as literal text; a patient would see the braces.
             raise TemplateSyntaxError(f"unclosed tag in {token.contents.strip()[:40]!r}")
         if token.token_type == TokenType.VAR:
-            yield FilterExpression(token.contents, parser)
+            yield from _expression_variables(token.contents)
         elif token.token_type == TokenType.BLOCK:
-            bits = token.split_contents()
-            if bits[0] not in ALLOWED_TAGS:
-                raise TemplateProblem(
-                    _("The tag {%% %(tag)s %%} is not allowed in messages.") % {"tag": bits[0]}
-                )
-            for bit in bits[1:]:
-                if bit not in IF_WORDS:
-                    yield FilterExpression(bit, parser)
+            yield from _block_variables(token)
 
 
-def check_template(source: str, *, kind: str | None) -> None:
-    """Raise TemplateProblem unless `source` compiles and uses only fields allowed for `kind`."""
-    allowed = allowed_fields(kind)
+def _block_variables(token: Token) -> Iterator[Variable]:
+    bits = token.split_contents()
+    if not bits:
+        return  # "{% %}": the compiler names it
+    if bits[0] not in ALLOWED_TAGS:
+        raise TemplateProblem(
+            _("The tag {%% %(tag)s %%} is not allowed in messages.") % {"tag": bits[0]}
+        )
+    for bit in bits[1:]:
+        if bit not in IF_WORDS:
+            yield from _expression_variables(bit)
+
+
+def _expression_variables(text: str) -> Iterator[Variable]:
+    """The variable of one `value|filter:"arg"` expression (none for a literal).
+
+    Walks it with the regular expression Django's own parser uses, so both read the same
+    parts; where it stops making sense, the compiler reports the syntax error.
+    """
+    upto = 0
+    for index, match in enumerate(filter_re.finditer(text)):
+        if match.start() != upto:
+            return
+        upto = match.end()
+        if index == 0 and (name := match["var"]) is not None:
+            yield _variable(name)
+        if (name := match["filter_name"]) is not None:
+            _check_filter(name, constant=match["constant_arg"], variable=match["var_arg"])
+
+
+def _variable(name: str) -> Variable:
+    if name.startswith("_") or "._" in name:
+        # Django refuses these too, but in English and without saying what to do.
+        raise TemplateProblem(
+            _("Names starting with an underscore are not allowed: %(name)s.") % {"name": name}
+        )
+    return Variable(name)
+
+
+def _check_filter(name: str, *, constant: str | None, variable: str | None) -> None:
+    takes_argument = FILTERS.get(name)
+    if takes_argument is None:
+        raise TemplateProblem(
+            _("The filter |%(filter)s is not allowed in messages. Allowed: %(allowed)s.")
+            % {"filter": name, "allowed": ", ".join(f"|{each}" for each in FILTERS)}
+        )
+    given = constant if constant is not None else variable
+    if given is None and takes_argument:
+        raise TemplateProblem(
+            _('The filter |%(filter)s needs a value in quotes, e.g. |%(filter)s:"-".')
+            % {"filter": name}
+        )
+    if given is not None and not takes_argument:
+        raise TemplateProblem(_("The filter |%(filter)s takes no value.") % {"filter": name})
+    if variable is not None and not _is_number(variable):
+        # A field here would be rendered from the patient's data: a way around the field list.
+        raise TemplateProblem(
+            _("The value after |%(filter)s: must be text in quotes or a number, not %(value)s.")
+            % {"filter": name, "value": variable}
+        )
+
+
+def _is_number(text: str) -> bool:
     try:
-        expressions = list(_variables(source))
-        _engine.from_string(source)
-    except TemplateSyntaxError as exc:
-        raise TemplateProblem(_("Template syntax error: %(error)s") % {"error": exc}) from exc
-    for expression in expressions:
-        if not isinstance(expression.var, Variable) or expression.var.literal is not None:
-            continue
-        lookups = expression.var.lookups
-        root, field = lookups[0], ".".join(lookups[1:])
-        if root not in allowed or field not in allowed[root]:
-            known = ", ".join(f"{r}.{f}" for r, names in allowed.items() for f in names)
-            raise TemplateProblem(
-                _("Unknown field {{ %(field)s }}. Known: %(known)s.")
-                % {"field": expression.var.var, "known": known}
-            )
+        literal = Variable(text).literal
+    except TemplateSyntaxError:  # a name starting with "_"
+        return False
+    return isinstance(literal, int | float)
 
 
 @lru_cache(maxsize=512)
-def _compiled(source: str):
+def _compiled(source: str) -> Template:
     # A planning pass renders the same few templates tens of thousands of times; compiling
     # was most of its time. A compiled Template is safe to render again with a new Context.
     return _engine.from_string(source)
 
 
-def render(source: str, context: dict) -> str:
-    return _compiled(source).render(Context(context, autoescape=False)).strip()
+def render(source: str, context: Mapping[str, object]) -> str:
+    """`source` rendered with `context`, without HTML escaping, stripped.
+
+    Raises TemplateRenderError (safe to log) when the template fails, whatever the cause.
+    """
+    try:
+        text = _compiled(source).render(Context(dict(context), autoescape=False))
+    except Exception as exc:  # whatever the cause, one error that is safe to log
+        failed = type(exc).__name__
+    else:
+        return text.strip()
+    # Raised outside the except block so no exception is chained: the original's message can
+    # hold a value from the context (a patient's name), and a logged traceback would show it.
+    raise TemplateRenderError(
+        RenderFailure.FAILED,
+        _("the template failed on this data (%(error)s)") % {"error": failed},
+    )
+
+
+def render_message(
+    *, subject: str, body: str, context: Mapping[str, object], channel: str
+) -> RenderedText:
+    """The subject and body of one message for `channel`, within that channel's size limit.
+
+    Raises TemplateRenderError (its message holds no patient data) when a template fails on
+    `context`, the body renders empty, or a text is too long for the channel: SMS over
+    settings.SMS_MAX_SEGMENTS segments, LINE over LINE_MAX_TEXT_UNITS UTF-16 units, e-mail over
+    EMAIL_MAX_BODY_CHARS (body) or EMAIL_MAX_SUBJECT_CHARS or a line break (subject). Raises
+    ValueError for a channel that is not a ContactChannel.
+    """
+    if channel not in ContactChannel.values:
+        raise ValueError(f"unknown channel {channel!r}")
+    text = render(body, context)
+    if not text:
+        raise TemplateRenderError(RenderFailure.EMPTY, _("the text is empty"))
+    if channel == ContactChannel.SMS:
+        segments, most = sms_size(text).segments, int(settings.SMS_MAX_SEGMENTS)
+        if segments > most:
+            raise _too_long(
+                _("too long for SMS (%(count)d segments, at most %(max)d)"), segments, most
+            )
+        return RenderedText(subject="", body=text)
+    if channel == ContactChannel.LINE:
+        units = utf16_units(text)
+        if units > LINE_MAX_TEXT_UNITS:
+            raise _too_long(
+                _("too long for LINE (%(count)d characters, at most %(max)d)"),
+                units,
+                LINE_MAX_TEXT_UNITS,
+            )
+        return RenderedText(subject="", body=text)
+    if len(text) > EMAIL_MAX_BODY_CHARS:
+        raise _too_long(
+            _("too long for e-mail (%(count)d characters, at most %(max)d)"),
+            len(text),
+            EMAIL_MAX_BODY_CHARS,
+        )
+    title = render(subject, context)
+    if len(title) > EMAIL_MAX_SUBJECT_CHARS:
+        raise _too_long(
+            _("e-mail subject too long (%(count)d characters, at most %(max)d)"),
+            len(title),
+            EMAIL_MAX_SUBJECT_CHARS,
+            in_subject=True,
+        )
+    if "\n" in title or "\r" in title:
+        # A header can't hold a line break: the mail library would refuse it at send time.
+        raise TemplateRenderError(
+            RenderFailure.FAILED, _("the e-mail subject has a line break"), in_subject=True
+        )
+    return RenderedText(subject=title, body=text)
+
+
+def _too_long(
+    message: str, count: int, most: int, *, in_subject: bool = False
+) -> TemplateRenderError:
+    return TemplateRenderError(
+        RenderFailure.TOO_LONG, message % {"count": count, "max": most}, in_subject=in_subject
+    )
+
+
+def utf16_units(text: str) -> int:
+    """The length of `text` in UTF-16 code units (an emoji outside the BMP counts two)."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 def render_html(text: str) -> str:
@@ -154,7 +365,7 @@ def sms_size(text: str) -> SmsSize:
         units = sum(2 if ch in GSM7_EXTENDED else 1 for ch in text)
         single, multi, encoding = 160, 153, "GSM-7"
     else:
-        units = len(text.encode("utf-16-le")) // 2
+        units = utf16_units(text)
         single, multi, encoding = 70, 67, "UCS-2"
     segments = 1 if units <= single else -(-units // multi)
     return SmsSize(encoding, units, segments if units else 0)

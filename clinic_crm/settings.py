@@ -151,6 +151,7 @@ REMINDER_CHANNELS = {
 # at least this many minutes between two messages to one patient.
 RELATIONSHIP_MESSAGES_PER_30_DAYS = int(env_str("RELATIONSHIP_MESSAGES_PER_30_DAYS", "2"))
 MESSAGE_GAP_MINUTES = int(env_str("MESSAGE_GAP_MINUTES", "30"))
+SMS_MAX_SEGMENTS = int(env_str("SMS_MAX_SEGMENTS", "6"))
 # A claimed message whose sender has been silent this long is settled by recovery. Longer
 # than any one send can take (provider timeouts are 15-20 s).
 DISPATCH_CLAIM_LEASE_SECONDS = int(env_str("DISPATCH_CLAIM_LEASE_SECONDS", "300"))

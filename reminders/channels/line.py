@@ -25,14 +25,16 @@ from linebot.v3.webhooks import (
     UnfollowEvent,
 )
 
+from campaigns.templating import LINE_MAX_TEXT_UNITS
+
 from .base import Channel, ChannelError, Inbound, InvalidSignature, OutgoingMessage
 
 logger = logging.getLogger(__name__)
 
-# LINE's text message limit. Counted in UTF-16 code units, which is never more lenient than
-# LINE's own count (an emoji outside the BMP counts as two here). A reminder that long is a
-# template bug, so it fails rather than reaching the patient cut in half.
-MAX_TEXT_UNITS = 5000
+# LINE's text message limit, kept with the other channels' limits in campaigns.templating (the
+# planner refuses a longer text). A reminder that long is a template bug, so it fails rather
+# than reaching the patient cut in half.
+MAX_TEXT_UNITS = LINE_MAX_TEXT_UNITS
 
 # webhookEventId is a 26-character ULID; the dedupe table keeps up to 100.
 MAX_EVENT_ID_CHARS = 100

@@ -3,6 +3,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from campaigns.models import Rule, Skip, SkipReason
+from campaigns.templating import allowed_fields
 from patients.models import AuditEntry
 from tests.factories import PatientFactory
 
@@ -102,6 +103,16 @@ def rule_errors(response) -> dict:
     return response.context["adminform"].form.errors
 
 
+KNOWN_FOR_BIRTHDAY = (
+    "patient.display_name, patient.name, patient.age, clinic.name, clinic.phone, "
+    "clinic.address, clinic.line_account_name"
+)
+# A rule not saved yet has no kind for MessageTemplate.clean, which then lists every kind's fields.
+KNOWN_FOR_ANY_KIND = ", ".join(
+    f"{r}.{f}" for r, names in allowed_fields(None).items() for f in names
+)
+
+
 # --- saving rules and templates --------------------------------------------------------------
 
 
@@ -132,7 +143,9 @@ def test_template_naming_an_unknown_field_is_refused_and_nothing_is_saved(manage
 
     assert response.status_code == 200
     [errors] = template_errors(response)
-    assert "Unknown field {{ patient.nonexistent }}" in errors["body"][0]
+    assert errors == {
+        "body": [f"Unknown field {{{{ patient.nonexistent }}}}. Known: {KNOWN_FOR_ANY_KIND}."]
+    }
     assert Rule.objects.count() == rules_before
     assert not Rule.objects.filter(name="Test reminder").exists()
 
@@ -144,7 +157,12 @@ def test_template_with_a_syntax_error_is_refused(manager):
     )
 
     [errors] = template_errors(response)
-    assert "syntax error" in errors["body"][0]
+    assert errors == {
+        "body": [
+            "Template syntax error: Unclosed tag on line 1: 'if'. "
+            "Looking for one of: elif, else, endif."
+        ]
+    }
     assert not Rule.objects.filter(name="Test reminder").exists()
 
 
@@ -155,7 +173,8 @@ def test_template_with_a_tag_other_than_if_is_refused(manager):
     )
 
     [errors] = template_errors(response)
-    assert "{% load %} is not allowed" in errors["body"][0]
+    assert errors == {"body": ["The tag {% load %} is not allowed in messages."]}
+    assert not Rule.objects.filter(name="Test reminder").exists()
 
 
 def test_new_rules_template_is_checked_against_the_kind_chosen_on_the_page(manager):
@@ -167,7 +186,9 @@ def test_new_rules_template_is_checked_against_the_kind_chosen_on_the_page(manag
 
     # Then the template is judged as a birthday template, though the rule has no row yet
     [errors] = template_errors(response)
-    assert "Unknown field {{ appointment.date }}" in errors["body"][0]
+    assert errors == {
+        "body": [f"Unknown field {{{{ appointment.date }}}}. Known: {KNOWN_FOR_BIRTHDAY}."]
+    }
     assert not Rule.objects.filter(name="Test reminder").exists()
 
 
@@ -178,9 +199,70 @@ def test_changing_a_rules_kind_rechecks_its_saved_templates(manager):
         reverse("admin:campaigns_rule_change", args=[rule.pk]), change_post(rule, kind="birthday")
     )
 
+    # Every text of the rule names the appointment's date first: each is refused for it.
+    unknown_date = f"Unknown field {{{{ appointment.date }}}}. Known: {KNOWN_FOR_BIRTHDAY}."
     assert response.status_code == 200
-    assert any("{{ appointment." in str(errors.get("body")) for errors in template_errors(response))
+    assert template_errors(response) == [{"body": [unknown_date]}] * rule.templates.count()
     assert Rule.objects.get(pk=rule.pk).kind == "appointment"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "{{ patient.display_name|add:patient.national_id }}",
+            "The filter |add is not allowed in messages. Allowed: |default, |upper, |lower.",
+        ),
+        (
+            "{{ clinic.name|default:settings.SECRET_KEY }}",
+            "The value after |default: must be text in quotes or a number, "
+            "not settings.SECRET_KEY.",
+        ),
+        (
+            '{{ patient.display_name|ljust:"5000000" }}',
+            "The filter |ljust is not allowed in messages. Allowed: |default, |upper, |lower.",
+        ),
+        (
+            "{{ patient.__class__ }}",
+            "Names starting with an underscore are not allowed: patient.__class__.",
+        ),
+    ],
+)
+def test_template_with_a_filter_or_name_that_could_leak_is_refused(manager, body, message):
+    response = manager.post(reverse(ADD_URL), new_rule_post(templates=[("sms", "zh-hant", body)]))
+
+    [errors] = template_errors(response)
+    assert errors == {"body": [message]}
+    assert not Rule.objects.filter(name="Test reminder").exists()
+
+
+def test_template_over_2000_characters_is_refused(manager):
+    response = manager.post(
+        reverse(ADD_URL), new_rule_post(templates=[("line", "zh-hant", "您好" * 1000 + "。")])
+    )
+
+    [errors] = template_errors(response)
+    assert errors == {"body": ["The text is 2001 characters long; at most 2000 are allowed."]}
+    assert not Rule.objects.filter(name="Test reminder").exists()
+
+
+def test_sms_text_too_long_for_the_segment_limit_is_refused_where_line_takes_it(manager):
+    # 450 Chinese characters: 7 SMS segments (at most 6), well inside LINE's limit
+    body = "{{ clinic.name }}" + "您好" * 221
+    post = new_rule_post(templates=[("sms", "zh-hant", body), ("line", "zh-hant", body)])
+
+    response = manager.post(reverse(ADD_URL), post)
+
+    sms_errors, line_errors = template_errors(response)
+    assert sms_errors == {"body": ["too long for SMS (7 segments, at most 6)"]}
+    assert line_errors == {}
+    assert not Rule.objects.filter(name="Test reminder").exists()
+
+
+def test_the_text_box_tells_the_browser_its_limit(manager):
+    response = manager.get(reverse(ADD_URL))
+
+    assert 'maxlength="2000"' in response.content.decode()
 
 
 def test_saving_a_shipped_rule_unchanged_works(manager):
@@ -305,6 +387,10 @@ def test_preview_judges_fields_by_the_rules_kind(manager):
     answer = preview(manager, "{{ appointment.date }}", kind="birthday")
 
     assert answer["ok"] is False
+    assert answer["error"] == (
+        f"Unknown field {{{{ appointment.date }}}}. Known: {KNOWN_FOR_BIRTHDAY}."
+    )
+    assert answer["text"] == ""
 
 
 def test_email_preview_renders_the_subject_and_counts_no_segments(manager):
@@ -339,6 +425,52 @@ def test_rule_page_shows_a_preview_of_each_saved_template(manager, clinic):
     assert "林小姐您好" in page and "安心診所" in page
     assert "campaigns/template_preview.js" in page
     assert "UCS-2 · " in page  # the SMS templates' segment counts
+
+
+def test_preview_of_a_padding_filter_is_refused_without_rendering_megabytes(manager):
+    response = manager.post(
+        reverse(PREVIEW_URL),
+        {"kind": "appointment", "channel": "sms", "body": '{{ patient.name|ljust:"5000000" }}'},
+    )
+
+    answer = response.json()
+    assert answer["ok"] is False
+    assert answer["error"] == (
+        "The filter |ljust is not allowed in messages. Allowed: |default, |upper, |lower."
+    )
+    assert len(response.content) < 2000
+
+
+def test_preview_of_a_body_over_the_limit_is_refused(manager):
+    answer = preview(manager, "a" * 2_000_000)
+
+    assert answer["ok"] is False
+    assert answer["error"] == "The text is 2000000 characters long; at most 2000 are allowed."
+
+
+def test_preview_of_an_email_subject_over_the_limit_is_refused(manager):
+    answer = preview(manager, "Hi", channel="email", subject="s" * 151)
+
+    assert answer["error"] == "The text is 151 characters long; at most 150 are allowed."
+
+
+def test_preview_says_when_an_sms_is_too_long_for_the_segment_limit(manager, settings):
+    settings.SMS_MAX_SEGMENTS = 2
+
+    answer = preview(manager, "林" * 135)
+
+    assert answer["ok"] is False
+    assert (
+        answer["error"]
+        == "The text could not be rendered: too long for SMS (3 segments, at most 2)"
+    )
+    assert answer["text"] == ""
+
+
+def test_preview_without_a_channel_renders_the_text_alone(manager):
+    answer = preview(manager, "{{ appointment.time }} 回診", channel="")
+
+    assert (answer["ok"], answer["text"], answer["segments"]) == (True, "14:30 回診", None)
 
 
 # --- skips ------------------------------------------------------------------------------------
