@@ -161,7 +161,10 @@ class SkipReason(models.TextChoices):
     ALREADY_CONFIRMED = "already_confirmed", _("appointment already confirmed")
     NO_TEMPLATE = "no_template", _("no template for the channel and language")
     TEMPLATE_ERROR = "template_error", _("template could not be rendered")
+    TOO_LONG = "too_long", _("message too long for the channel")
     STALE = "stale", _("would arrive too late (outside the send window before it is useful)")
+    NO_OPEN_DAY = "no_open_day", _("no open day left before the visit to send it on")
+    CHANNEL_NOT_CONFIGURED = "channel_off", _("channel not configured")
     ERASED = "erased", _("patient data erased")
 
 

@@ -25,7 +25,7 @@ from campaigns.context import message_context
 from campaigns.kinds import KINDS, Due, Refs, days_in
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.policy import channel_order_for, plan_decision, policy_annotations
-from campaigns.templating import render_message
+from campaigns.templating import RenderFailure, TemplateRenderError, render_message
 from consent.selectors import patient_prefix
 from patients.models import (
     Appointment,
@@ -143,7 +143,8 @@ def _texts(
     language: str,
     context: dict[str, Any],
 ) -> list[str] | None:
-    """[subject, body] of the rule's template for `channel` in `language` (else zh-Hant)."""
+    """[subject, body] of the rule's template for `channel` in `language` (else zh-Hant), or
+    None when there is none. Raises TemplateRenderError (which never quotes patient data)."""
     template = templates.get((channel, language)) or templates.get((channel, "zh-hant"))
     if template is None:
         return None
@@ -170,6 +171,7 @@ def _render_all(
     for item in to_queue:
         due, channel = item.due, item.channel
         patient = patients[due.row["pid"]]
+        language = patient.preferred_language
         context = message_context(
             rule=rule,
             patient=patient,
@@ -178,31 +180,32 @@ def _render_all(
             due=due,
             today=today,
         )
-        order = channel_order_for(rule, patient.preferred_channel)
-        # Every other channel of the rule, in order: one without consent today may have it by
-        # the time the first fails (the gate checks again before each try).
-        later = [other for other in order if other != channel]
-        reason = SkipReason.NO_TEMPLATE
         try:
-            texts = _texts(templates, channel, patient.preferred_language, context)
-            fallbacks = {
-                other: alt
-                for other in later
-                if (alt := _texts(templates, other, patient.preferred_language, context))
-            }
-        except Exception as exc:  # a template that passed validation but fails on this data
-            # Never the exception's text: it can quote the patient's data.
-            log.warning(
-                "rule %s: a template failed for patient %s (%s)",
-                rule.pk,
-                patient.pk,
-                type(exc).__name__,
-            )
-            texts, reason = None, SkipReason.TEMPLATE_ERROR
+            texts = _texts(templates, channel, language, context)
+        except TemplateRenderError as error:
+            _log_render_error(rule, patient, channel, error)
+            texts, reason = None, _RENDER_SKIP[error.failure]
+        else:
+            reason = SkipReason.NO_TEMPLATE
         if texts is None:
             result.skipped[reason] += 1
             skips.append(_skip(rule, due, reason, now))
             continue
+        # Every other channel of the rule, in order: one without consent today may have it by
+        # the time the first fails (the gate checks again before each try). A channel whose
+        # text can't be made is left out; the message still goes on the others.
+        later, fallbacks = [], {}
+        for other in channel_order_for(rule, patient.preferred_channel):
+            if other == channel:
+                continue
+            try:
+                alt = _texts(templates, other, language, context)
+            except TemplateRenderError as error:
+                _log_render_error(rule, patient, other, error)
+                continue
+            later.append(other)
+            if alt:
+                fallbacks[other] = alt
         messages.append(
             OutboxMessage(
                 rule=rule,
@@ -223,6 +226,22 @@ def _render_all(
             )
         )
     return messages
+
+
+_RENDER_SKIP = {
+    RenderFailure.TOO_LONG: SkipReason.TOO_LONG,
+    RenderFailure.EMPTY: SkipReason.TEMPLATE_ERROR,
+    RenderFailure.FAILED: SkipReason.TEMPLATE_ERROR,
+}
+
+
+def _log_render_error(
+    rule: Rule, patient: Patient, channel: str, error: TemplateRenderError
+) -> None:
+    # The error's own words never quote patient data; the log names ids only.
+    log.warning(
+        "rule %s: the %s text for patient %s: %s", rule.pk, channel, patient.pk, error.failure
+    )
 
 
 def _skip(rule: Rule, due: Due, reason: str, now: datetime) -> Skip:

@@ -1,11 +1,12 @@
 """Message templates: the fixed context they may use, checking, rendering and sizing per channel.
 
 Templates use Django template syntax limited to `{{ variable|filter }}` and
-`{% if %}/{% elif %}/{% else %}/{% endif %}`, over the variables in COMMON_FIELDS and
-KIND_FIELDS and the filters in FILTERS, whose argument must be a literal. A template naming
-anything else is rejected when it is saved, not discovered when a patient gets a blank: a
-variable argument (`|add:patient.name`) or a padding filter (`|ljust:"5000000"`) would let a
-saved text leak other fields, fail on one patient's data or grow to megabytes.
+`{% if %}/{% elif %}/{% else %}/{% endif %}`, over the variables in COMMON_FIELDS and each
+kind's template_fields (campaigns.kinds), and the filters in FILTERS, whose argument must be a
+literal. A template naming anything else is rejected when it is saved, not discovered when a
+patient gets a blank: a variable argument (`|add:patient.name`) or a padding filter
+(`|ljust:"5000000"`) would let a saved text leak other fields, fail on one patient's data or
+grow to megabytes.
 
 Rendering a message goes through render_message, which also holds each channel's size limit
 and raises TemplateRenderError, whose text never contains patient data (safe to log).
@@ -31,17 +32,6 @@ from patients.models import ContactChannel
 COMMON_FIELDS: dict[str, tuple[str, ...]] = {
     "patient": ("display_name", "name"),
     "clinic": ("name", "phone", "address", "line_account_name"),
-}
-KIND_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "birthday": {"patient": ("age",)},
-    "postop": {"procedure": ("type", "discharge_date", "days_since")},
-    "dose": {"prescription": ("drug", "dose", "dose_time")},
-    "refill_opens": {"prescription": ("drug", "refill_number", "opens_on", "closes_on")},
-    "refill_closes": {"prescription": ("drug", "refill_number", "opens_on", "closes_on")},
-    "appointment": {
-        "appointment": ("date", "time", "department", "doctor", "location", "bring_notes")
-    },
-    "recall": {"visit": ("last_date", "department")},
 }
 ALLOWED_TAGS = frozenset({"if", "elif", "else", "endif"})
 IF_WORDS = frozenset({"and", "or", "not", "in", "is", "==", "!=", "<", ">", "<=", ">="})
@@ -99,10 +89,12 @@ class RenderedText:
 
 def allowed_fields(kind: str | None) -> dict[str, tuple[str, ...]]:
     """The variables a template of `kind` may use (every kind's when `kind` is None)."""
+    from campaigns.kinds import KINDS  # kinds renders with this module's date formats
+
     fields = {root: list(names) for root, names in COMMON_FIELDS.items()}
-    kinds = [kind] if kind else list(KIND_FIELDS)
+    kinds = [KINDS[kind]] if kind in KINDS else [] if kind else list(KINDS.values())
     for each in kinds:
-        for root, names in KIND_FIELDS.get(each, {}).items():
+        for root, names in each.template_fields.items():
             fields.setdefault(root, []).extend(names)
     return {root: tuple(names) for root, names in fields.items()}
 

@@ -1,4 +1,5 @@
-"""Skip reasons for a channel that is off and for a visit with no open day left before it; and
+"""Skip reasons for a channel that is off, a text too long for its channel and a visit with no
+open day left before it; and
 the shipped confirmation request names the visit's date instead of "tomorrow": it goes out on
 the last open day before the visit, which is not always the day before."""
 
@@ -74,6 +75,7 @@ class Migration(migrations.Migration):
                     ("already_confirmed", "appointment already confirmed"),
                     ("no_template", "no template for the channel and language"),
                     ("template_error", "template could not be rendered"),
+                    ("too_long", "message too long for the channel"),
                     (
                         "stale",
                         "would arrive too late (outside the send window before it is useful)",

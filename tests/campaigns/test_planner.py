@@ -462,6 +462,26 @@ def test_a_rule_without_a_template_for_the_channel_records_why():
     assert skip_reason(patient, rule) == "no_template"
 
 
+def test_a_fallback_too_long_for_its_channel_is_left_out_not_the_message(settings):
+    settings.SMS_MAX_SEGMENTS = 1
+    only("生日祝福")
+    patient = PatientFactory(
+        birth_date=dt.date(1970, 11, 24),
+        name="陳" * 80,
+        sex="U",
+        line_user_id="U" + "b" * 32,
+        preferred_channel="line",
+    )
+    grant(patient, Purpose.RELATIONSHIP, Channel.LINE)
+
+    plan(taipei(2026, 11, 24, 8, 0))
+
+    message = OutboxMessage.objects.get()
+    assert message.channel == "line"
+    assert message.channels_left == ["email"]  # SMS would have been two segments
+    assert "sms" not in message.fallbacks and "email" in message.fallbacks
+
+
 def test_one_broken_rule_does_not_stop_the_others():
     broken = only("生日祝福")
     Rule.objects.filter(pk=broken.pk).update(offsets="not a list")

@@ -207,4 +207,4 @@ def test_the_planner_skips_an_sms_too_long_for_the_segment_limit(clinic):
 
     # Then nothing is queued for her, and why is recorded
     assert not OutboxMessage.objects.filter(patient=patient).exists()
-    assert Skip.objects.get(patient=patient, rule=rule).reason == SkipReason.TEMPLATE_ERROR
+    assert Skip.objects.get(patient=patient, rule=rule).reason == SkipReason.TOO_LONG
