@@ -50,7 +50,7 @@ def _senders(inbound: Inbound) -> list[Patient]:
     return list(Patient.objects.filter(**{f"{field}_bidx": digest}, erased_at__isnull=True))
 
 
-def _answered_request(patients: list[Patient], channel: str, now: datetime):
+def _answered_request(patients: list[Patient], channel: str, now: datetime) -> OutboxMessage | None:
     """The newest confirmation request sent on `channel` to one of `patients` lately, whose
     appointment is still ahead; None if there is none to answer."""
     return (
@@ -63,7 +63,6 @@ def _answered_request(patients: list[Patient], channel: str, now: datetime):
             appointment__starts_at__gt=now,
             appointment__status__in=[Appointment.Status.BOOKED, Appointment.Status.CONFIRMED],
         )
-        .select_related("appointment")
         .order_by("-sent_at")
         .first()
     )
@@ -109,9 +108,9 @@ def reply_handle(
     request = _answered_request(patients, inbound.channel, now)
     if request is None:
         return ReplyOutcome.IGNORED
-    appointment = request.appointment
     if text == CONFIRM:
-        Appointment.objects.filter(pk=appointment.pk, status=Appointment.Status.BOOKED).update(
+        # The appointment the request was about (OutboxMessage.appointment, reversed).
+        Appointment.objects.filter(outboxmessage=request, status=Appointment.Status.BOOKED).update(
             status=Appointment.Status.CONFIRMED, updated_at=now
         )
         return ReplyOutcome.CONFIRMED

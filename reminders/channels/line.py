@@ -23,6 +23,7 @@ from linebot.v3.webhooks import (
     FollowEvent,
     MessageEvent,
     UnfollowEvent,
+    UserSource,
 )
 
 from campaigns.templating import LINE_MAX_TEXT_UNITS
@@ -201,8 +202,9 @@ def _event(index: int, raw: object) -> LineEvent | None:
     event_id = event.webhook_event_id
     if not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
         raise ValueError(f"event {index} has no usable webhookEventId")
-    user_id = getattr(getattr(event, "source", None), "user_id", None)
-    if not user_id:  # group and room events carry no one patient
+    # Only one-to-one chats: in a group or room a message's userId is one member among many.
+    user_id = event.source.user_id if isinstance(event.source, UserSource) else None
+    if not user_id:
         return None
     if isinstance(event, UnfollowEvent):
         inbound = Inbound(channel="line", kind="unfollow", sender=user_id)

@@ -15,7 +15,7 @@ class Command(BaseCommand):
         "webhook dedupe cleanup daily)."
     )
 
-    def handle(self, *args, **options):
+    def handle(self, *args: object, **options: object) -> None:
         for name, func, minutes in SCHEDULES:
             _schedule, created = Schedule.objects.update_or_create(
                 name=name,
