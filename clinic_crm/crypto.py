@@ -15,7 +15,6 @@ from functools import lru_cache
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
-from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 VERSION = "v1"
@@ -97,26 +96,42 @@ def keyring() -> Keyring:
 
 
 @lru_cache(maxsize=4)
-def _index_key(raw: str) -> bytes:
-    return _decode_key(raw, "BLIND_INDEX_KEY")
+def _index_key(raw: str, variable: str = "BLIND_INDEX_KEY") -> bytes:
+    return _decode_key(raw, variable)
+
+
+def _hmac_hex(key: bytes, message: str) -> str:
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
 def blind_index(domain: str, normalised: str) -> str:
     """Keyed HMAC of a normalised value: equal inputs match, the value itself can't be read."""
     key = _index_key(settings.BLIND_INDEX_KEY)
-    return hmac.new(key, f"{domain}\x00{normalised}".encode(), hashlib.sha256).hexdigest()
+    return _hmac_hex(key, f"{domain}\x00{normalised}")
 
 
-@checks.register(checks.Tags.security)
-def check_keys(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """A malformed key fails `check` and `migrate` at deploy, not the first save of a patient."""
-    errors = []
-    for check_id, validate in (
-        ("clinic_crm.E001", lambda: _keyring(tuple(settings.FIELD_ENCRYPTION_KEYS))),
-        ("clinic_crm.E002", lambda: _index_key(settings.BLIND_INDEX_KEY)),
-    ):
-        try:
-            validate()
-        except ImproperlyConfigured as exc:
-            errors.append(checks.Error(str(exc), id=check_id))
-    return errors
+def blind_index_previous(domain: str, normalised: str) -> str | None:
+    """The same HMAC under BLIND_INDEX_KEY_PREVIOUS, while a re-index is under way; else None."""
+    raw = getattr(settings, "BLIND_INDEX_KEY_PREVIOUS", "")
+    if not raw:
+        return None
+    return _hmac_hex(_index_key(raw, "BLIND_INDEX_KEY_PREVIOUS"), f"{domain}\x00{normalised}")
+
+
+# A fixed message, never a patient's value: its HMAC tells one blind-index key from another
+# without revealing the key or anything indexed with it.
+KEY_CHECK_LABEL = "clinic-crm key check v1"
+
+
+def blind_index_check(raw_key: str, variable: str = "BLIND_INDEX_KEY") -> str:
+    """Check value of a blind-index key (HMAC of a fixed label)."""
+    return _hmac_hex(_index_key(raw_key, variable), KEY_CHECK_LABEL)
+
+
+def keys_validate() -> None:
+    """Raise ImproperlyConfigured, naming the variable, if a configured key is malformed."""
+    _keyring(tuple(settings.FIELD_ENCRYPTION_KEYS))
+    _index_key(settings.BLIND_INDEX_KEY)
+    previous = getattr(settings, "BLIND_INDEX_KEY_PREVIOUS", "")
+    if previous:
+        _index_key(previous, "BLIND_INDEX_KEY_PREVIOUS")

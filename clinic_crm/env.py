@@ -22,11 +22,25 @@ def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip()
 
 
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
 def env_bool(name: str, default: bool) -> bool:
+    """A yes/no variable; unset or empty is `default`. Raises ImproperlyConfigured, naming the
+    variable, for any other word: a typo such as DEBUG=ture must not quietly mean "off"."""
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ImproperlyConfigured(
+        f"{name}={raw.strip()!r} is not a yes/no value; use 1, true, yes or on for yes, "
+        "0, false, no or off for no."
+    )
 
 
 def env_list(name: str, default: str = "") -> list[str]:

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.lookups import Exact
 from django.db.models.query_utils import DeferredAttribute
 from django.utils.translation import gettext_lazy as _
 
 from clinic_crm import crypto
-from clinic_crm.normalise import phone_e164
+from clinic_crm.normalise import phone_e164, phone_has_extension, phone_is_mobile
+from clinic_crm.validators import validate_multiline, validate_single_line
 
 
 class Sealed:
@@ -55,6 +57,7 @@ class EncryptedTextField(models.TextField):
 
     descriptor_class = _DecryptingAttribute
     form_widget: type[forms.Widget] = forms.Textarea
+    default_validators = [validate_multiline]
 
     def __init__(self, *args, erase_with_patient: bool = False, **kwargs):
         self.erase_with_patient = erase_with_patient
@@ -119,6 +122,7 @@ class EncryptedCharField(EncryptedTextField):
     """An encrypted single-line value; `max_length` limits the plaintext in forms."""
 
     form_widget = forms.TextInput
+    default_validators = [validate_single_line]
 
     def formfield(self, **kwargs):
         # The admin gives every TextField a textarea; a name or a phone is one line.
@@ -136,6 +140,14 @@ class EncryptedPhoneField(EncryptedCharField):
         value = super().to_python(value)
         if not value:
             return value
+        # Before parsing, which would quietly drop a line break along with the spaces.
+        validate_single_line(value)
+        if phone_has_extension(value):
+            raise ValidationError(
+                # A number is stored as E.164, which has no room for an extension.
+                _("Enter the number without an extension; write the extension in the notes."),
+                code="phone_extension",
+            )
         e164 = phone_e164(value)
         if e164 is None:
             raise ValidationError(
@@ -150,6 +162,19 @@ class EncryptedPhoneField(EncryptedCharField):
         if isinstance(raw, str) and raw:
             setattr(model_instance, self.attname, phone_e164(raw) or raw)
         return super().pre_save(model_instance, add)
+
+
+class BlindDigest(str):
+    """A blind-index value to search for, plus the same value under BLIND_INDEX_KEY_PREVIOUS
+    while a re-index is under way: `filter(x_bidx=digest)` then matches either, so rows not yet
+    re-indexed are still found."""
+
+    previous: str | None
+
+    def __new__(cls, value: str, previous: str | None = None):
+        digest = super().__new__(cls, value)
+        digest.previous = previous
+        return digest
 
 
 class BlindIndexField(models.CharField):
@@ -171,13 +196,52 @@ class BlindIndexField(models.CharField):
         return name, path, args, kwargs
 
     def digest(self, raw: str | None) -> str | None:
-        """The index value a search for `raw` must match."""
+        """The index value a search for `raw` must match (a BlindDigest during a re-index)."""
         if not raw:
             return None
         key = self.normaliser(str(raw))
-        return crypto.blind_index(self.source, key) if key else None
+        if not key:
+            return None
+        previous = crypto.blind_index_previous(self.source, key)
+        current = crypto.blind_index(self.source, key)
+        return BlindDigest(current, previous) if previous else current
 
     def pre_save(self, model_instance, add):
         value = self.digest(getattr(model_instance, self.source))
+        # Stored under the current key only; a plain str for the database driver.
+        value = str(value) if value is not None else None
+        setattr(model_instance, self.attname, value)
+        return value
+
+
+@BlindIndexField.register_lookup
+class BlindIndexExact(Exact):
+    """`=` that also matches the previous key's digest while a re-index is under way."""
+
+    lookup_name = "exact"
+
+    def as_sql(self, compiler, connection):
+        previous = getattr(self.rhs, "previous", None)
+        if not previous:
+            return super().as_sql(compiler, connection)
+        lhs_sql, lhs_params = self.process_lhs(compiler, connection)
+        return f"{lhs_sql} IN (%s, %s)", (*lhs_params, str(self.rhs), previous)
+
+
+class MobileFlagField(models.BooleanField):
+    """Whether the phone in `source` can receive SMS, kept in step on every save.
+
+    A landline or a 0800 number stays on the record as a phone to call; consent.selectors asks
+    this flag before SMS, since the number itself is encrypted and can't be read in a query.
+    """
+
+    def __init__(self, *args, source: str = "", **kwargs):
+        self.source = source
+        kwargs.setdefault("default", False)
+        kwargs.setdefault("editable", False)
+        super().__init__(*args, **kwargs)
+
+    def pre_save(self, model_instance, add):
+        value = phone_is_mobile(getattr(model_instance, self.source) or "")
         setattr(model_instance, self.attname, value)
         return value

@@ -1,23 +1,51 @@
 """Canonical forms of contact data, used both for storage and for blind-index lookups."""
 
+import re
 import unicodedata
 
 import phonenumbers
 from django.conf import settings
 
+# How people write an extension in Taiwan and abroad; phonenumbers reads only some of them.
+EXTENSION_MARK = re.compile(r"#|ext|分機|轉", re.IGNORECASE)
+SMS_CAPABLE = frozenset(
+    {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+)
 
-def phone_e164(raw: str) -> str | None:
-    """`0912-345-678`, `+886 912 345 678` and `0912345678` all become `+886912345678`.
 
-    Returns None when the text is not a valid phone number.
-    """
+def phone_has_extension(raw: str) -> bool:
+    """Whether `raw` names an extension, which E.164 can't hold (it would be dropped)."""
+    if EXTENSION_MARK.search(raw):
+        return True
+    number = _parse(raw)
+    return bool(number is not None and number.extension)
+
+
+def _parse(raw: str) -> phonenumbers.PhoneNumber | None:
     try:
         number = phonenumbers.parse(raw, settings.PHONE_DEFAULT_REGION)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(number):
+    return number if phonenumbers.is_valid_number(number) else None
+
+
+def phone_e164(raw: str) -> str | None:
+    """`0912-345-678`, `+886 912 345 678` and `0912345678` all become `+886912345678`.
+
+    Returns None when the text is not a valid phone number, or has an extension (E.164 has no
+    room for one, and dropping it silently would call the wrong desk).
+    """
+    number = _parse(raw)
+    if number is None or number.extension or EXTENSION_MARK.search(raw):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def phone_is_mobile(raw: str) -> bool:
+    """Whether `raw` is a valid number that can receive SMS: a Taiwan 09xx mobile or a foreign
+    mobile. A landline or a 0800 number is a phone to call, never to text."""
+    number = _parse(raw) if raw and phone_e164(raw) else None
+    return number is not None and phonenumbers.number_type(number) in SMS_CAPABLE
 
 
 def phone_key(raw: str) -> str:

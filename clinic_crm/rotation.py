@@ -1,20 +1,27 @@
-"""Re-encrypting stored values under the newest key in FIELD_ENCRYPTION_KEYS.
+"""Re-encrypting stored values under the newest key in FIELD_ENCRYPTION_KEYS, and rebuilding
+blind indexes under a new BLIND_INDEX_KEY.
 
-Rotation order: put the new key first in FIELD_ENCRYPTION_KEYS and keep the old ones after it,
+Encryption: put the new key first in FIELD_ENCRYPTION_KEYS and keep the old ones after it,
 restart every process (so new writes use the new key), run `manage.py rotate_keys`, and only
 then remove the old keys. The walk goes by primary key in batches, each committed on its own,
 and skips rows already under the newest key, so an interrupted run is finished by running it
-again.
+again. When a run finishes, the stored key check is sealed with the newest key: from then on
+the old key may go, and a process started without a key the data still needs refuses to start.
+
+Blind index: set BLIND_INDEX_KEY to the new key and BLIND_INDEX_KEY_PREVIOUS to the old one,
+restart every process (new writes index under the new key; searches match either), run
+`manage.py reindex`, then remove BLIND_INDEX_KEY_PREVIOUS and restart. Same batches, same
+resumption; the stored key check moves to the new key when a run finishes.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.apps import apps
-from django.db import models, router, transaction
+from django.db import IntegrityError, models, router, transaction
 
-from clinic_crm import crypto
-from clinic_crm.fields import EncryptedTextField
+from clinic_crm import crypto, keycheck
+from clinic_crm.fields import BlindIndexField, EncryptedTextField
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,9 @@ def encryption_rotate(
             progress=progress,
             dry_run=dry_run,
         )
+    if not dry_run:
+        # Only now may an older key go: the check value under it kept it required until here.
+        keycheck.keycheck_encryption_update()
     return changed
 
 
@@ -138,3 +148,117 @@ def _reseal(
 
 def _has_field(model: type[models.Model], name: str) -> bool:
     return any(f.name == name for f in model._meta.concrete_fields)
+
+
+def indexed_models() -> list[tuple[type[models.Model], list[BlindIndexField]]]:
+    """Every model with blind-index columns of its own, with those fields."""
+    found = []
+    for model in apps.get_models():
+        if model._meta.proxy:
+            continue
+        fields = [f for f in model._meta.local_concrete_fields if isinstance(f, BlindIndexField)]
+        if fields:
+            found.append((model, fields))
+    return found
+
+
+class ReindexError(Exception):
+    """A row's blind index could not be rebuilt; the message names the row, never its data."""
+
+
+def blind_index_rebuild(
+    *,
+    batch_size: int = 500,
+    progress: Callable[[RotationProgress], None] | None = None,
+    dry_run: bool = False,
+) -> int:
+    """Recompute every blind index under BLIND_INDEX_KEY from its decrypted source; returns how
+    many rows changed (with `dry_run`, would change; nothing is written).
+
+    A finished run records BLIND_INDEX_KEY as the key in use. Raises ReindexError naming the row
+    when a value can't be decrypted or its new index collides with a unique one; batches before
+    it stay committed.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    changed = 0
+    for model, fields in indexed_models():
+        changed += _reindex_model(
+            model=model, fields=fields, batch_size=batch_size, progress=progress, dry_run=dry_run
+        )
+    if not dry_run:
+        keycheck.keycheck_blind_index_update()
+    return changed
+
+
+def _reindex_model(
+    *,
+    model: type[models.Model],
+    fields: list[BlindIndexField],
+    batch_size: int,
+    progress: Callable[[RotationProgress], None] | None,
+    dry_run: bool,
+) -> int:
+    using = router.db_for_write(model)
+    rows = model._base_manager.db_manager(using).order_by("pk")
+    load = ["pk", *(["uuid"] if _has_field(model, "uuid") else [])]
+    load += [name for f in fields for name in (f.source, f.attname)]
+    total = rows.count()
+    scanned = changed = 0
+    last_pk = None
+    while True:
+        with transaction.atomic(using=using):
+            batch = rows.only(*load)
+            if last_pk is not None:
+                batch = batch.filter(pk__gt=last_pk)
+            if not dry_run:
+                batch = batch.select_for_update()
+            batch = list(batch[:batch_size])
+            for row in batch:
+                values = _fresh_digests(model=model, row=row, fields=fields)
+                if not values:
+                    continue
+                changed += 1
+                if not dry_run:
+                    _write_digests(model=model, row=row, values=values, using=using)
+        if not batch:
+            break
+        last_pk = batch[-1].pk
+        scanned += len(batch)
+        if progress is not None:
+            progress(
+                RotationProgress(
+                    model=model.__name__, scanned=scanned, total=total, changed=changed
+                )
+            )
+    return changed
+
+
+def _fresh_digests(
+    *, model: type[models.Model], row: models.Model, fields: list[BlindIndexField]
+) -> dict[str, str | None]:
+    values = {}
+    for field in fields:
+        try:
+            digest = field.digest(getattr(row, field.source))
+        except crypto.DecryptionError as exc:
+            raise ReindexError(
+                f"{model.__name__} id {row.pk}, field {field.source}: {exc}"
+            ) from exc
+        fresh = str(digest) if digest is not None else None
+        if fresh != getattr(row, field.attname):
+            values[field.attname] = fresh
+    return values
+
+
+def _write_digests(
+    *, model: type[models.Model], row: models.Model, values: dict[str, str | None], using: str
+) -> None:
+    try:
+        # update(), not save(): a re-index is not a change anyone made to the record.
+        model._base_manager.db_manager(using).filter(pk=row.pk).update(**values)
+    except IntegrityError as exc:
+        raise ReindexError(
+            f"{model.__name__} id {row.pk}: its rebuilt index ({', '.join(values)}) equals another "
+            "row's; two records hold the same value. Merge or correct them, then run again."
+        ) from exc

@@ -24,6 +24,7 @@ if DEBUG:
 SECRET_KEY = require("SECRET_KEY")
 FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS") or [require("FIELD_ENCRYPTION_KEYS")]
 BLIND_INDEX_KEY = require("BLIND_INDEX_KEY")
+BLIND_INDEX_KEY_PREVIOUS = env_str("BLIND_INDEX_KEY_PREVIOUS")  # only while `reindex` runs
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -35,9 +36,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "clinic_crm",  # before django_q: its qcluster checks the keys first
     "axes",
     "django_q",
-    "clinic_crm",
     "patients",
     "consent",
     "campaigns",
@@ -46,6 +47,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "clinic_crm.middleware.RejectNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",

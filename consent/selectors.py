@@ -13,6 +13,16 @@ CONTACT_POINT = {
     Channel.LINE: "line_user_id_bidx",
     Channel.EMAIL: "email_bidx",
 }
+# A flag the address must also have: a landline or 0800 number is kept for calls, never texted.
+CONTACT_POINT_FLAG = {Channel.SMS: "phone_is_mobile"}
+
+
+def has_contact_point(channel: str, prefix: str = "") -> Q:
+    """Q for "the patient at `prefix` has an address `channel` can deliver to"."""
+    q = Q(**{f"{prefix}{CONTACT_POINT[channel]}__isnull": False})
+    if channel in CONTACT_POINT_FLAG:
+        q &= Q(**{f"{prefix}{CONTACT_POINT_FLAG[channel]}": True})
+    return q
 
 
 class Reason:
@@ -36,8 +46,13 @@ def may_contact(*, patient: Patient, purpose: str, channel: str) -> Decision:
 
     Raises KeyError for an unknown channel.
     """
-    contact_field = CONTACT_POINT[channel]
-    row = Patient.objects.filter(pk=patient.pk).values("erased_at", contact_field).first()
+    row = (
+        Patient.objects.filter(pk=patient.pk)
+        .values(
+            "erased_at", reachable=ExpressionWrapper(has_contact_point(channel), BooleanField())
+        )
+        .first()
+    )
     if row is None or row["erased_at"] is not None:
         return Decision(False, Reason.ERASED)
     state = (
@@ -49,7 +64,7 @@ def may_contact(*, patient: Patient, purpose: str, channel: str) -> Decision:
         return Decision(False, Reason.NO_CONSENT)
     if not state:
         return Decision(False, Reason.WITHDRAWN)
-    if not row[contact_field]:
+    if not row["reachable"]:
         return Decision(False, Reason.NO_CONTACT_POINT)
     return Decision(True)
 
@@ -78,7 +93,7 @@ def consent_annotations(*, purpose: str, channels: list[str], patient_ref: str) 
         annotations[f"{channel}_granted"] = Exists(states.filter(channel=channel, granted=True))
         annotations[f"{channel}_withdrawn"] = Exists(states.filter(channel=channel, granted=False))
         annotations[f"{channel}_address"] = ExpressionWrapper(
-            Q(**{f"{prefix}{CONTACT_POINT[channel]}__isnull": False}), output_field=BooleanField()
+            has_contact_point(channel, prefix), output_field=BooleanField()
         )
     return annotations
 

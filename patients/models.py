@@ -21,8 +21,10 @@ from clinic_crm.fields import (
     EncryptedCharField,
     EncryptedPhoneField,
     EncryptedTextField,
+    MobileFlagField,
 )
 from clinic_crm.normalise import email_key, identifier_key, name_key, phone_key
+from clinic_crm.validators import validate_birth_date, validate_single_line, validate_taiwan_id
 
 
 class Language(models.TextChoices):
@@ -39,10 +41,18 @@ class ContactChannel(models.TextChoices):
 class ClinicProfile(models.Model):
     """The clinic itself: one row, read by every message."""
 
-    name = models.CharField(_("clinic name"), max_length=100, default="")
-    phone = models.CharField(_("phone"), max_length=32, blank=True)
-    address = models.CharField(_("address"), max_length=200, blank=True)
-    line_account_name = models.CharField(_("LINE official account"), max_length=100, blank=True)
+    name = models.CharField(
+        _("clinic name"), max_length=100, default="", validators=[validate_single_line]
+    )
+    phone = models.CharField(
+        _("phone"), max_length=32, blank=True, validators=[validate_single_line]
+    )
+    address = models.CharField(
+        _("address"), max_length=200, blank=True, validators=[validate_single_line]
+    )
+    line_account_name = models.CharField(
+        _("LINE official account"), max_length=100, blank=True, validators=[validate_single_line]
+    )
     send_window_start = models.TimeField(_("send messages from"), default=time(9, 0))
     send_window_end = models.TimeField(_("send messages until"), default=time(21, 0))
     closed_weekdays = models.JSONField(
@@ -123,15 +133,14 @@ chart_no_validator = RegexValidator(
 line_user_id_validator = RegexValidator(
     r"^U[0-9a-f]{32}$", _("A LINE user id is U followed by 32 hexadecimal characters.")
 )
-national_id_validator = RegexValidator(
-    r"^[A-Z][12ABCD89][0-9]{8}$",
-    _("Enter a Taiwan ID or resident certificate number, for example A123456789."),
-)
 
 
 class ChartNumberField(models.CharField):
     def to_python(self, value):
         value = super().to_python(value)
+        if value:
+            # Normalising would quietly remove a line break: refuse it first.
+            validate_single_line(value)
         return identifier_key(value) if value else value
 
 
@@ -149,10 +158,18 @@ class Patient(models.Model):
     name = EncryptedCharField(_("full name"), max_length=100)
     name_bidx = BlindIndexField(source="name", normaliser=name_key)
     sex = models.CharField(_("sex"), max_length=1, choices=Sex.choices, default=Sex.UNKNOWN)
-    birth_date = models.DateField(_("birth date"), null=True, blank=True)
+    birth_date = models.DateField(
+        _("birth date"), null=True, blank=True, validators=[validate_birth_date]
+    )
     birth_mmdd = MonthDayField(source="birth_date")
-    phone = EncryptedPhoneField(_("mobile phone"), max_length=32, blank=True)
+    phone = EncryptedPhoneField(
+        _("phone"),
+        max_length=32,
+        blank=True,
+        help_text=_("A mobile number also receives SMS; a landline or 0800 number is only called."),
+    )
     phone_bidx = BlindIndexField(source="phone", normaliser=phone_key)
+    phone_is_mobile = MobileFlagField(_("phone receives SMS"), source="phone")
     email = EncryptedCharField(_("e-mail"), max_length=254, blank=True, validators=[validate_email])
     email_bidx = BlindIndexField(source="email", normaliser=email_key)
     line_user_id = EncryptedCharField(
@@ -160,7 +177,7 @@ class Patient(models.Model):
     )
     line_user_id_bidx = BlindIndexField(source="line_user_id", normaliser=str.strip)
     national_id = EncryptedCharField(
-        _("national ID"), max_length=10, blank=True, validators=[national_id_validator]
+        _("national ID"), max_length=10, blank=True, validators=[validate_taiwan_id]
     )
     national_id_bidx = BlindIndexField(source="national_id", normaliser=identifier_key)
     preferred_language = models.CharField(
@@ -246,17 +263,18 @@ class Visit(models.Model):
         Patient, on_delete=models.PROTECT, related_name="visits", verbose_name=_("patient")
     )
     visited_on = models.DateField(_("visit date"), default=timezone.localdate)
-    department = models.CharField(_("department"), max_length=40)
-    doctor = models.CharField(_("doctor"), max_length=60)
+    department = models.CharField(_("department"), max_length=40, validators=[validate_single_line])
+    doctor = models.CharField(_("doctor"), max_length=60, validators=[validate_single_line])
     diagnosis_codes = models.CharField(
         _("diagnosis codes"),
         max_length=200,
         blank=True,
         validators=[
+            validate_single_line,
             RegexValidator(
                 r"^\s*[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?(\s*,\s*[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?)*\s*$",
                 _("Enter ICD-10 codes separated by commas, for example I10, E11.9."),
-            )
+            ),
         ],
     )
     note = EncryptedTextField(_("note"), blank=True)
@@ -435,11 +453,17 @@ class Appointment(models.Model):
         Patient, on_delete=models.PROTECT, related_name="appointments", verbose_name=_("patient")
     )
     starts_at = models.DateTimeField(_("starts at"))
-    department = models.CharField(_("department"), max_length=40)
-    doctor = models.CharField(_("doctor"), max_length=60)
-    location = models.CharField(_("location"), max_length=120, blank=True)
+    department = models.CharField(_("department"), max_length=40, validators=[validate_single_line])
+    doctor = models.CharField(_("doctor"), max_length=60, validators=[validate_single_line])
+    location = models.CharField(
+        _("location"), max_length=120, blank=True, validators=[validate_single_line]
+    )
     bring_notes = models.CharField(
-        _("what to bring"), max_length=200, blank=True, help_text=_("NHI card, test reports, …")
+        _("what to bring"),
+        max_length=200,
+        blank=True,
+        help_text=_("NHI card, test reports, …"),
+        validators=[validate_single_line],
     )
     status = models.CharField(
         _("status"), max_length=10, choices=Status.choices, default=Status.BOOKED
