@@ -16,11 +16,10 @@ from enum import StrEnum
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from consent.models import Channel
-from reminders.models import OutboxMessage, ParkedReport, Status, WebhookEvent
+from reminders.models import OutboxMessage, ParkedReport, StaffTask, Status, WebhookEvent
 from reminders.services import _finish, _next_channel
 
 log = logging.getLogger(__name__)
@@ -106,6 +105,8 @@ def message_delivery_report(
         return ReportOutcome.NO_MESSAGE
     if message.channel != Channel.SMS:
         return ReportOutcome.NOTHING  # the SMS already fell through to another channel
+    if message.status == Status.UNKNOWN and message_uuid is not None:
+        return _settle_unknown(message, provider_id, provider_status, error_code, now=now)
     if message.status == Status.SENDING:
         if provider_status not in FINAL_STATUSES:
             return ReportOutcome.NOTHING
@@ -158,6 +159,26 @@ def _apply(
             "channel": Channel(message.channel).label,
             "code": error_code or "?",
         }
-        _next_channel(message, now=timezone.now(), reason=reason, exhausted=Status.FAILED)
+        _next_channel(message, now=now, reason=reason, exhausted=Status.FAILED)
         return ReportOutcome.UNDELIVERED
     return ReportOutcome.NOTHING
+
+
+def _settle_unknown(
+    message: OutboxMessage,
+    provider_id: str,
+    provider_status: str,
+    error_code: str,
+    *,
+    now: datetime,
+) -> ReportOutcome:
+    """A final report about an SMS whose hand-over we could not confirm (a timeout, a worker
+    killed mid-send): Twilio had it after all, so staff need not check by hand."""
+    if provider_status not in FINAL_STATUSES:
+        return ReportOutcome.NOTHING
+    first_try = message.attempts_log.order_by("started_at").values_list("started_at", flat=True)
+    _finish(message, status=Status.SENT, provider_id=provider_id, sent_at=first_try.first() or now)
+    StaffTask.objects.filter(
+        kind=StaffTask.Kind.REVIEW_UNKNOWN, message=message, done_at__isnull=True
+    ).update(done_at=now, note=_("settled by the provider's delivery report"))
+    return _apply(message, provider_id, provider_status, error_code, now=now)

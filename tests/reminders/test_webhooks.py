@@ -172,3 +172,35 @@ def test_the_same_report_twice_is_recorded_once(client, sent_sms):
         ("twilio_status", f"{SID}:delivered"),
         ("twilio_status", f"{SID}:read"),
     ]
+
+
+def test_a_delivered_report_settles_an_sms_whose_hand_over_was_unknown(client):
+    # given an SMS whose send timed out: unknown, with a review task for staff
+    from reminders.models import Attempt, StaffTask
+
+    message = outbox_sms(status=Status.UNKNOWN)
+    Attempt.objects.create(
+        message=message,
+        channel="sms",
+        started_at=timezone.now(),
+        outcome=Attempt.Outcome.UNKNOWN,
+    )
+    today = timezone.localdate()
+    task = StaffTask.objects.create(
+        kind=StaffTask.Kind.REVIEW_UNKNOWN,
+        message=message,
+        patient=message.patient,
+        due_on=today,
+        until=today,
+    )
+
+    # when Twilio reports it delivered, to the callback URL that names the message
+    response = callback(client, message, report("delivered"))
+
+    # then it was sent after all, and no one needs to check by hand
+    assert response.status_code == 204
+    message.refresh_from_db()
+    assert (message.status, message.provider_id) == (Status.DELIVERED, SID)
+    assert message.sent_at and message.delivered_at
+    task.refresh_from_db()
+    assert task.done_at is not None
