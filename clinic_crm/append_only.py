@@ -1,6 +1,11 @@
 """Models whose rows, once written, are never changed or deleted (consent ledger, audit log)."""
 
+import re
+
 from django.db import models
+
+IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+PRIVILEGES = {"INSERT", "UPDATE", "DELETE", "TRUNCATE"}
 
 
 class AppendOnlyError(Exception):
@@ -34,13 +39,15 @@ class AppendOnlyModel(models.Model):
 
 
 def forbid_changes_sql(table: str) -> tuple[str, str]:
-    """PostgreSQL trigger SQL (forward, reverse) that refuses UPDATE, DELETE and TRUNCATE on
-    `table`, whoever asks.
+    """PostgreSQL SQL (forward, reverse) that refuses UPDATE, DELETE and TRUNCATE on `table`,
+    whoever asks.
 
     The ORM guards stop honest mistakes; the triggers stop raw SQL and other clients too. Row
-    triggers never fire on TRUNCATE, hence the statement trigger beside them. Only the tables'
-    owner can drop or disable a trigger: the app connects as another role (deploy/). The
-    forward SQL may be run again on a table that has older triggers: it brings them up to date.
+    triggers never fire on TRUNCATE, hence the statement trigger beside them. Only the table's
+    owner can drop or disable a trigger: the app connects as another role (deploy/), whose
+    UPDATE, DELETE and TRUNCATE rights on the table are also taken back here (the default
+    privileges in deploy/ grant them on every new table). The forward SQL may be run again on a
+    table that has older triggers: it brings them up to date.
     No percent sign in here: Django passes migration SQL through the driver's formatting.
     """
     fn = f"{table}_append_only"
@@ -57,6 +64,7 @@ def forbid_changes_sql(table: str) -> tuple[str, str]:
         DROP TRIGGER IF EXISTS {truncate_trigger(table)} ON {table};
         CREATE TRIGGER {truncate_trigger(table)} BEFORE TRUNCATE ON {table}
             FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
+        {revoke_sql(table, ["UPDATE", "DELETE", "TRUNCATE"])}
     """
     reverse = (
         f"DROP TRIGGER IF EXISTS {truncate_trigger(table)} ON {table}; "
@@ -68,3 +76,34 @@ def forbid_changes_sql(table: str) -> tuple[str, str]:
 def truncate_trigger(table: str) -> str:
     """Name of the statement trigger that refuses TRUNCATE on `table`."""
     return f"{table}_append_only_truncate"
+
+
+def revoke_sql(table: str, privileges: list[str]) -> str:
+    """PostgreSQL SQL that takes `privileges` on `table` back from every role but its owner.
+
+    Raises ValueError for a table name or privilege that isn't a plain SQL word.
+    """
+    if not IDENTIFIER.fullmatch(table) or not set(privileges) <= PRIVILEGES:
+        raise ValueError(f"not a table name and privileges: {table!r} {privileges!r}")
+    listed = ", ".join(privileges)
+    quoted = ", ".join(f"'{privilege}'" for privilege in privileges)
+    # Built from names checked above, in migrations only: nothing here comes from a user.
+    return f"""
+        DO $revoke$
+        DECLARE
+            grantee oid;
+        BEGIN
+            FOR grantee IN
+                SELECT DISTINCT acl.grantee
+                FROM pg_catalog.pg_class rel, pg_catalog.aclexplode(rel.relacl) acl
+                WHERE rel.oid = '{table}'::regclass
+                  AND acl.grantee <> rel.relowner
+                  AND acl.privilege_type IN ({quoted})
+            LOOP
+                EXECUTE 'REVOKE {listed} ON {table} FROM ' || CASE
+                    WHEN grantee = 0 THEN 'PUBLIC'
+                    ELSE quote_ident(pg_catalog.pg_get_userbyid(grantee))
+                END;
+            END LOOP;
+        END $revoke$;
+    """  # noqa: S608

@@ -5,12 +5,14 @@ from django.db.models import Count
 from django.http import HttpResponse
 from django.utils.translation import gettext_lazy as _
 
+from clinic_crm.normalise import identifier_key
 from consent.admin import ConsentEntryInline, ConsentStateInline
-from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
+from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin, audit_autocomplete
 from patients.models import (
     DOSE_TIME,
     Appointment,
     AuditEntry,
+    AuditLink,
     ClinicProfile,
     Condition,
     Patient,
@@ -25,6 +27,8 @@ from patients.services import patient_erase, patient_export, prescription_sync_r
 admin.site.site_header = _("Clinic patient care")
 admin.site.site_title = _("Clinic patient care")
 admin.site.index_title = _("Front desk")
+# The patient box on every record's form looks patients up through PatientAdmin's search.
+audit_autocomplete(admin.site)
 
 WEEKDAYS = [
     (0, _("Monday")),
@@ -309,15 +313,37 @@ class AppointmentAdmin(PatientRecordAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
+    """The manager's audit log. Reading a patient's trail is itself audited: an entry's page
+    names its patients, and a search by chart number is a lookup of that patient."""
+
     list_display = ["at", "actor_name", "action", "patient_count", "path"]
     list_filter = ["action", "at"]
-    search_fields = ["actor_name", "patients__chart_no"]
+    # Exact chart numbers: a partial one would pull up many patients' trails at once.
+    search_fields = ["actor_name", "=patients__chart_no"]
+    search_help_text = _("Staff member, or a patient's full chart number.")
+    fields = ["at", "actor_name", "action", "patient_list", "path", "detail"]
+    readonly_fields = ["patient_list"]
     date_hierarchy = "at"
+    audit_plain_lists = False  # the list shows a count per entry, no patient
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(patient_total=Count("patients"))
 
+    def audited_patient_ids(self, objects):
+        links = AuditLink.objects.filter(entry__in=[entry.pk for entry in objects])
+        return sorted(set(links.values_list("patient_id", flat=True)))
+
+    def audited_search_ids(self, request, term, objects):
+        return list(
+            Patient.objects.filter(chart_no=identifier_key(term)).values_list("pk", flat=True)
+        )
+
     @admin.display(description=_("patients"), ordering="patient_total")
     def patient_count(self, obj):
         return obj.patient_total
+
+    @admin.display(description=_("patients"))
+    def patient_list(self, obj):
+        links = obj.links.select_related("patient").order_by("patient__chart_no")
+        return ", ".join(link.patient.chart_no for link in links)

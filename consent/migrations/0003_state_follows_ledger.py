@@ -12,7 +12,7 @@ No percent sign in the SQL: Django passes it through the driver's formatting.
 
 from django.db import migrations
 
-from clinic_crm.append_only import forbid_changes_sql, truncate_trigger
+from clinic_crm.append_only import forbid_changes_sql, revoke_sql, truncate_trigger
 
 STATE_FOLLOWS_LEDGER = """
     CREATE OR REPLACE FUNCTION consent_consentstate_follows_ledger() RETURNS trigger AS $$
@@ -77,6 +77,8 @@ def triggers(apps, schema_editor):
         # Again on the ledger: the same SQL now adds the TRUNCATE trigger to patients/0002's.
         schema_editor.execute(forbid_changes_sql("consent_consententry")[0])
         schema_editor.execute(STATE_FOLLOWS_LEDGER)
+        # The app role keeps INSERT and UPDATE (consent_record needs them), nothing more.
+        schema_editor.execute(revoke_sql("consent_consentstate", ["DELETE", "TRUNCATE"]))
 
 
 def drop_triggers(apps, schema_editor):
