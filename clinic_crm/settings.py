@@ -129,8 +129,10 @@ if env_str("REDIS_URL"):
     Q_CLUSTER.pop("orm")
     Q_CLUSTER["redis"] = env_str("REDIS_URL")
 
-# Messaging providers. With no credentials a channel falls back to the console channel, so a
-# new install shows the whole flow without any account.
+# Messaging providers. A channel whose credentials are set sends for real. One without them is
+# off: the planner and the gate skip it ("channel not configured") and `check --deploy` warns.
+# The console channel, which only logs, stands in for a channel only where CONSOLE_CHANNELS
+# names it; development (DEBUG on) names every channel that has no credentials.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
 TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
@@ -140,13 +142,22 @@ TWILIO_API_BASE_URL = env_str("TWILIO_API_BASE_URL")  # empty: the real service
 LINE_CHANNEL_ACCESS_TOKEN = env_str("LINE_CHANNEL_ACCESS_TOKEN")
 LINE_CHANNEL_SECRET = env_str("LINE_CHANNEL_SECRET")
 LINE_API_BASE_URL = env_str("LINE_API_BASE_URL")  # empty: the real service
-_CONSOLE = "reminders.channels.console.ConsoleChannel"
+_PROVIDERS = {
+    "sms": (
+        "reminders.channels.sms_twilio.TwilioSMSChannel",
+        bool(TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN),
+    ),
+    "line": ("reminders.channels.line.LineChannel", bool(LINE_CHANNEL_ACCESS_TOKEN)),
+    "email": ("reminders.channels.email.EmailChannel", bool(env_str("EMAIL_HOST"))),
+}
+CONSOLE_CHANNELS = env_list(
+    "CONSOLE_CHANNELS",
+    ",".join(name for name, (_path, ready) in _PROVIDERS.items() if not ready) if DEBUG else "",
+)
 REMINDER_CHANNELS = {
-    "sms": "reminders.channels.sms_twilio.TwilioSMSChannel"
-    if TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN
-    else _CONSOLE,
-    "line": "reminders.channels.line.LineChannel" if LINE_CHANNEL_ACCESS_TOKEN else _CONSOLE,
-    "email": "reminders.channels.email.EmailChannel" if env_str("EMAIL_HOST") else _CONSOLE,
+    name: "reminders.channels.console.ConsoleChannel" if name in CONSOLE_CHANNELS else path
+    for name, (path, ready) in _PROVIDERS.items()
+    if ready or name in CONSOLE_CHANNELS
 }
 
 # Care rules: at most this many birthday / health-news messages per patient in 30 days, and

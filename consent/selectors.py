@@ -1,6 +1,8 @@
 """The one place that answers "may we contact this patient for PURPOSE on CHANNEL?"."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q
 
@@ -98,7 +100,7 @@ def consent_annotations(*, purpose: str, channels: list[str], patient_ref: str) 
     return annotations
 
 
-def choose_channel(row: dict, channels: list[str]) -> Decision:
+def choose_channel(row: Mapping[str, Any], channels: list[str]) -> Decision:
     """First channel in `channels` the annotated `row` may be contacted on.
 
     Returns Decision(True, channel) or Decision(False, reason), with the same reasons and

@@ -133,6 +133,7 @@ class StaffTask(models.Model):
         POSTOP_CALL = "postop_call", _("post-op phone call")
         REVIEW_UNKNOWN = "review_unknown", _("check a message whose outcome is unknown")
         RESCHEDULE = "reschedule", _("call back: the patient asked to change the appointment")
+        CALL_UNREACHED = "call_unreached", _("call: no channel could deliver a reminder")
 
     kind = models.CharField(_("task"), max_length=20, choices=Kind.choices)
     patient = models.ForeignKey(
