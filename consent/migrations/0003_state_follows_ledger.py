@@ -65,6 +65,25 @@ STATE_FOLLOWS_LEDGER = """
         BEFORE TRUNCATE ON consent_consentstate
         FOR EACH STATEMENT EXECUTE FUNCTION consent_consentstate_follows_ledger();
 """
+# Before the trigger: a state row that doesn't say what the newest entry says (written by hand,
+# or by an older bug) is brought in line with the ledger, which is the record. Without this the
+# next consent_record for that patient × purpose × channel would be refused.
+STATES_FOLLOW_LEDGER_NOW = """
+    UPDATE consent_consentstate state
+    SET granted = (newest.action = 'grant'), entry_id = newest.id,
+        changed_at = newest.recorded_at
+    FROM (
+        SELECT DISTINCT ON (patient_id, purpose, channel)
+            id, patient_id, purpose, channel, action, recorded_at
+        FROM consent_consententry
+        ORDER BY patient_id, purpose, channel, recorded_at DESC, id DESC
+    ) newest
+    WHERE state.patient_id = newest.patient_id
+      AND state.purpose = newest.purpose
+      AND state.channel = newest.channel
+      AND (state.entry_id, state.granted, state.changed_at)
+          IS DISTINCT FROM (newest.id, newest.action = 'grant', newest.recorded_at)
+"""
 DROP_STATE_TRIGGERS = """
     DROP TRIGGER IF EXISTS consent_consentstate_no_truncate ON consent_consentstate;
     DROP TRIGGER IF EXISTS consent_consentstate_follows_ledger ON consent_consentstate;
@@ -76,6 +95,7 @@ def triggers(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         # Again on the ledger: the same SQL now adds the TRUNCATE trigger to patients/0002's.
         schema_editor.execute(forbid_changes_sql("consent_consententry")[0])
+        schema_editor.execute(STATES_FOLLOW_LEDGER_NOW)
         schema_editor.execute(STATE_FOLLOWS_LEDGER)
         # The app role keeps INSERT and UPDATE (consent_record needs them), nothing more.
         schema_editor.execute(revoke_sql("consent_consentstate", ["DELETE", "TRUNCATE"]))
