@@ -100,14 +100,14 @@ def _rotate_model(
     last_pk = None
     while True:
         with transaction.atomic(using=using):
-            batch = rows.only(*load)
+            query = rows.only(*load)
             if last_pk is not None:
-                batch = batch.filter(pk__gt=last_pk)
+                query = query.filter(pk__gt=last_pk)
             if not dry_run:
                 # Locked until the batch commits, so a concurrent save can't be overwritten
                 # with the value read here.
-                batch = batch.select_for_update()
-            batch = list(batch[:batch_size])
+                query = query.select_for_update()
+            batch = list(query[:batch_size])
             for row in batch:
                 # Key ids are read from the still-sealed values: nothing is decrypted for rows
                 # that are already done.
@@ -208,12 +208,12 @@ def _reindex_model(
     last_pk = None
     while True:
         with transaction.atomic(using=using):
-            batch = rows.only(*load)
+            query = rows.only(*load)
             if last_pk is not None:
-                batch = batch.filter(pk__gt=last_pk)
+                query = query.filter(pk__gt=last_pk)
             if not dry_run:
-                batch = batch.select_for_update()
-            batch = list(batch[:batch_size])
+                query = query.select_for_update()
+            batch = list(query[:batch_size])
             for row in batch:
                 values = _fresh_digests(model=model, row=row, fields=fields)
                 if not values:

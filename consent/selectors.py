@@ -10,13 +10,13 @@ from consent.models import Channel, ConsentState
 from patients.models import Patient
 
 # The blind index of a channel's address is set exactly when the patient has that address.
-CONTACT_POINT = {
+CONTACT_POINT: dict[str, str] = {
     Channel.SMS: "phone_bidx",
     Channel.LINE: "line_user_id_bidx",
     Channel.EMAIL: "email_bidx",
 }
 # A flag the address must also have: a landline or 0800 number is kept for calls, never texted.
-CONTACT_POINT_FLAG = {Channel.SMS: "phone_is_mobile"}
+CONTACT_POINT_FLAG: dict[str, str] = {Channel.SMS: "phone_is_mobile"}
 
 
 def has_contact_point(channel: str, prefix: str = "") -> Q:
@@ -86,7 +86,7 @@ def consent_annotations(*, purpose: str, channels: list[str], patient_ref: str) 
     """
     prefix = patient_prefix(patient_ref)
     states = ConsentState.objects.filter(patient_id=OuterRef(patient_ref), purpose=purpose)
-    annotations = {
+    annotations: dict[str, Any] = {
         "erased": ExpressionWrapper(
             Q(**{f"{prefix}erased_at__isnull": False}), output_field=BooleanField()
         )

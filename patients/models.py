@@ -251,7 +251,10 @@ class Patient(models.Model):
     @classmethod
     def index_of(cls, field: str, raw: str) -> str | None:
         """Blind-index value to match `raw` against the encrypted `field`."""
-        return cls._meta.get_field(f"{field}_bidx").digest(raw)
+        index = cls._meta.get_field(f"{field}_bidx")
+        if not isinstance(index, BlindIndexField):
+            raise TypeError(f"{field} has no blind index")
+        return index.digest(raw)
 
     def age_on(self, day: date) -> int | None:
         return age_on(self.birth_date, day) if self.birth_date else None
