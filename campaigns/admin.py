@@ -1,17 +1,20 @@
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Field
 from django.forms.formsets import DELETION_FIELD_NAME
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
+from django_stubs_ext import StrOrPromise
 
 from campaigns.context import sample_context
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip
@@ -42,21 +45,23 @@ class CommaListField(forms.CharField):
         "invalid_item": _("Not understood: %(bad)s."),
     }
 
-    def __init__(self, *, item=str, **kwargs):
+    def __init__(self, *, item: Callable[[str], object] = str, **kwargs: Any) -> None:
         self.item = item
         super().__init__(**kwargs)
 
-    def prepare_value(self, value):
+    def prepare_value(self, value: object) -> object:
         if isinstance(value, list):
             return ", ".join(str(v) for v in value)
         return value
 
-    def to_python(self, value):
+    # A text box whose value is a list: CharField's stub says its value is text.
+    def to_python(self, value: str | None) -> list[object]:  # type: ignore[override]
         text = (value or "").strip().strip("[]")
         for separator in LIST_SEPARATORS:
             text = text.replace(separator, ",")
         pieces = [piece.strip().strip("\"'") for piece in text.split(",")]
-        values, bad = [], []
+        values: list[object] = []
+        bad: list[str] = []
         for piece in filter(None, pieces):
             try:
                 values.append(self.item(piece))
@@ -69,9 +74,12 @@ class CommaListField(forms.CharField):
         return values
 
 
-def _label(field: str):
+def _label(name: str) -> StrOrPromise:
     # Declared form fields don't take the model field's label; keep its (translated) wording.
-    return capfirst(Rule._meta.get_field(field).verbose_name)
+    field = Rule._meta.get_field(name)
+    if not isinstance(field, Field):  # a reverse relation has no label of its own
+        raise TypeError(f"Rule.{name} is not a field")
+    return capfirst(field.verbose_name)
 
 
 def _channel(piece: str) -> str:
@@ -80,7 +88,7 @@ def _channel(piece: str) -> str:
     return piece.lower()
 
 
-class RuleForm(forms.ModelForm):
+class RuleForm(forms.ModelForm[Rule]):
     offsets = CommaListField(
         label=_label("offsets"),
         item=int,
@@ -139,18 +147,20 @@ class RuleForm(forms.ModelForm):
             "staff_call",
         ]
 
-    def _update_errors(self, errors):
+    def _update_errors(self, errors: ValidationError) -> None:
         # Rule.clean judges the instance, which keeps its old value for a field whose input was
         # refused above: its verdict on that field would repeat or contradict ours.
         if hasattr(errors, "error_dict"):
-            kept = {name: e for name, e in errors.error_dict.items() if name not in self._errors}
+            kept = {name: e for name, e in errors.error_dict.items() if name not in self.errors}
             if not kept:
                 return
             errors = ValidationError(kept)
-        super()._update_errors(errors)
+        # A private hook of Django's model forms (the model's own clean reports through it), which
+        # django-stubs leaves out.
+        super()._update_errors(errors)  # type: ignore[misc]
 
 
-class MessageTemplateForm(forms.ModelForm):
+class MessageTemplateForm(forms.ModelForm[MessageTemplate]):
     class Meta:
         model = MessageTemplate
         fields = ["channel", "language", "subject", "body"]
@@ -167,7 +177,9 @@ class MessageTemplateForm(forms.ModelForm):
         }
 
 
-class TemplateFormSet(forms.BaseInlineFormSet):
+class TemplateFormSet(
+    forms.BaseInlineFormSet[MessageTemplate, Rule, forms.ModelForm[MessageTemplate]]
+):
     """Checks every text against the kind chosen on this page, also for a rule not saved yet.
 
     MessageTemplate.clean takes the kind from the template's rule only once that rule has a row;
@@ -283,7 +295,7 @@ def _hidden(value: object) -> str:
     return "" if value else " hidden"
 
 
-class MessageTemplateInline(admin.StackedInline):
+class MessageTemplateInline(admin.StackedInline[MessageTemplate, Rule]):
     model = MessageTemplate
     form = MessageTemplateForm
     formset = TemplateFormSet
@@ -314,7 +326,7 @@ class MessageTemplateInline(admin.StackedInline):
 
 
 @admin.register(Rule)
-class RuleAdmin(admin.ModelAdmin):
+class RuleAdmin(admin.ModelAdmin[Rule]):
     form = RuleForm
     list_display = ["name", "kind", "purpose", "enabled", "channels", "priority"]
     list_editable = ["enabled"]
@@ -343,10 +355,10 @@ class RuleAdmin(admin.ModelAdmin):
     inlines = [MessageTemplateInline]
 
     @admin.display(description=_("channel order"))
-    def channels(self, obj):
+    def channels(self, obj: Rule) -> str:
         return " → ".join(obj.channel_order)
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         preview = self.admin_site.admin_view(self.preview_view)
         # Before the default URLs: "<path:object_id>/" would take "preview/" for a rule's id.
         return [path("preview/", preview, name="campaigns_rule_preview"), *super().get_urls()]
@@ -372,7 +384,7 @@ def _preview_post(request: HttpRequest) -> JsonResponse:
 
 
 @admin.register(Skip)
-class SkipAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
+class SkipAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin[Skip]):
     """Read-only: skips are written by the planner, one per due patient who got no message."""
 
     list_display = ["rule", "patient_chart_no", "reason", "at"]
@@ -380,16 +392,16 @@ class SkipAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     list_select_related = ["rule", "patient"]
     search_fields = ["patient__chart_no"]
     search_help_text = _("Chart number.")
-    fields = ["rule", "patient", "occurrence", "reason", "at"]
+    fields = ("rule", "patient", "occurrence", "reason", "at")
     readonly_fields = fields
 
-    def audited_patient_ids(self, objects):
+    def audited_patient_ids(self, objects: Iterable[Skip]) -> list[int]:
         return [obj.patient_id for obj in objects]
 
     @admin.display(description=_("chart number"), ordering="patient__chart_no")
-    def patient_chart_no(self, obj):
+    def patient_chart_no(self, obj: Skip) -> str:
         return obj.patient.chart_no
 
     @admin.display(description=_("occurrence"))
-    def occurrence(self, obj):
+    def occurrence(self, obj: Skip) -> str:
         return obj.occurrence_key

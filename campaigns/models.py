@@ -87,10 +87,10 @@ class Rule(models.Model):
         verbose_name = _("care rule")
         verbose_name_plural = _("care rules")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.name
 
-    def clean(self):
+    def clean(self) -> None:
         super().clean()
         errors = {}
         if not isinstance(self.offsets, list) or not all(
@@ -191,5 +191,5 @@ class Skip(models.Model):
             )
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.rule}: {self.get_reason_display()}"

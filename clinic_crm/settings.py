@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
 
 from clinic_crm.env import (
     ensure_dev_secrets,
@@ -12,6 +13,10 @@ from clinic_crm.env import (
     load_dotenv,
     require,
 )
+
+# The admin and form classes are subscripted for django-stubs (admin.ModelAdmin[Rule]); Django's
+# own classes can't be subscripted at runtime until this adds __class_getitem__ to them.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

@@ -49,7 +49,7 @@ class ConsentEntryInline(admin.TabularInline):
 
 class ConsentStateInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = ConsentState
-    fields = ["purpose", "channel", "granted", "changed_at"]
+    fields = ("purpose", "channel", "granted", "changed_at")
     readonly_fields = fields
     extra = 0
     can_delete = False

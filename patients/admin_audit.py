@@ -7,15 +7,24 @@ it stays out of the log. A search is audited even when it finds nobody, so that 
 national IDs one after another shows up in the log.
 """
 
-from django.contrib.admin import AdminSite
+from typing import TYPE_CHECKING, Any
+
+from django.contrib.admin import AdminSite, ModelAdmin
 from django.contrib.admin.views.autocomplete import AutocompleteJsonView
+from django.http import HttpRequest, HttpResponseBase
 from django.template.response import TemplateResponse
 
 from patients.models import AuditEntry
 from patients.services import audit_record
 
+if TYPE_CHECKING:
+    # To mypy the mixin is the ModelAdmin it is always mixed into (self.model, super() views).
+    _AdminBase = ModelAdmin[Any]
+else:
+    _AdminBase = object
 
-class AuditedAdminMixin:
+
+class AuditedAdminMixin(_AdminBase):
     """Audits the change list (the patients on the page), the change form, history and delete
     pages (one record), and an action's confirmation page (the rows chosen).
 
@@ -126,10 +135,13 @@ def audit_autocomplete(site: AdminSite) -> None:
     Must run before the site's URLs are built (admin modules are imported first, at startup).
     """
 
-    def autocomplete_view(request):
+    def autocomplete_view(request: HttpRequest) -> HttpResponseBase:
         return AuditedAutocompleteJsonView.as_view(admin_site=site)(request)
 
-    site.autocomplete_view = autocomplete_view
+    # Replacing the method on this one site object is the point (a subclass would change which
+    # site class the project uses), and mypy refuses any assignment to a method; django-stubs
+    # also types the method's answer HttpResponse, though Django's own returns View.as_view()'s.
+    site.autocomplete_view = autocomplete_view  # type: ignore[method-assign, assignment]
 
 
 class ReadOnlyAdminMixin:

@@ -115,7 +115,7 @@ class MonthDayField(models.PositiveSmallIntegerField):
         kwargs.setdefault("db_index", True)
         super().__init__(*args, **kwargs)
 
-    def pre_save(self, model_instance, add):
+    def pre_save(self, model_instance: models.Model, add: bool) -> int | None:
         day: date | None = getattr(model_instance, self.source)
         value = day.month * 100 + day.day if day else None
         setattr(model_instance, self.attname, value)

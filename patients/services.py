@@ -70,12 +70,20 @@ def _row(obj: models.Model) -> dict[str, Any]:
     return row
 
 
+def _accessor(rel: models.ForeignObjectRel) -> str:
+    # Only a hidden relation (related_name "+") has none: an export must not skip one silently.
+    name = rel.get_accessor_name()
+    if name is None:
+        raise ValueError(f"{rel} has no accessor")
+    return name
+
+
 def _owned_children(obj: models.Model) -> dict[str, list[dict[str, Any]]]:
     """Rows that belong to `obj` alone (deleted with it), such as a prescription's refills."""
     children = {}
     for rel in obj._meta.related_objects:
         if rel.one_to_many and rel.on_delete is models.CASCADE and rel.related_name != "+":
-            accessor = rel.get_accessor_name()
+            accessor = _accessor(rel)
             children[accessor] = [_row(child) for child in getattr(obj, accessor).all()]
     return children
 
@@ -86,7 +94,7 @@ def patient_export(*, patient: Patient, actor, path: str = "") -> str:
     for rel in Patient._meta.related_objects:
         # The audit trail has its own section below, entry by entry, not link row by link row.
         if rel.one_to_many and rel.related_model is not AuditLink:
-            accessor = rel.get_accessor_name()
+            accessor = _accessor(rel)
             document[accessor] = [
                 {**_row(obj), **_owned_children(obj)} for obj in getattr(patient, accessor).all()
             ]

@@ -1,37 +1,60 @@
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, TypeVar
+
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten, flatten_fieldsets
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth.models import User
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+from django_stubs_ext import StrOrPromise
 
 from campaigns.models import Skip
 from patients.admin import PatientAdmin
 from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
+from patients.models import Patient
 from reminders.models import Attempt, OutboxMessage, StaffTask
 from reminders.services import messages_settle_unknown, tasks_mark_done
 
+if TYPE_CHECKING:
+    from django.contrib.admin.filters import _ListFilterChoices
 
-def _patient_link(patient) -> str:
+_ChildT = TypeVar("_ChildT", bound=Model)
+_ParentT = TypeVar("_ParentT", bound=Model)
+
+
+class StaffRequest(HttpRequest):
+    """For annotations only: the request an admin action gets, whose user admin_view has already
+    checked is logged-in staff (never AnonymousUser)."""
+
+    user: User
+
+
+def _patient_link(patient: Patient) -> str:
     url = reverse("admin:patients_patient_change", args=[patient.pk])
     return format_html('<a href="{}">{} {}</a>', url, patient.chart_no, patient.name)
 
 
-class ReadOnlyInline(ReadOnlyAdminMixin, admin.TabularInline):
+class ReadOnlyInline(ReadOnlyAdminMixin, admin.TabularInline[_ChildT, _ParentT]):
     extra = 0
     can_delete = False
 
-    def get_readonly_fields(self, request, obj=None):
-        return self.fields
+    def get_readonly_fields(self, request: HttpRequest, obj: _ParentT | None = None) -> list[str]:
+        return flatten(self.fields or ())
 
 
-class AttemptInline(ReadOnlyInline):
+class AttemptInline(ReadOnlyInline[Attempt, OutboxMessage]):
     model = Attempt
     fields = ["channel", "started_at", "finished_at", "outcome", "error"]
 
 
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
+class OutboxMessageAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin[OutboxMessage]):
     """Read-only: the planner writes messages and dispatch moves them on. Staff only settle the
     ones whose outcome is unknown, after checking with the provider."""
 
@@ -67,21 +90,23 @@ class OutboxMessageAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin
     inlines = [AttemptInline]
     actions = ["mark_sent", "mark_failed"]
 
-    def audited_patient_ids(self, objects):
+    def audited_patient_ids(self, objects: Iterable[OutboxMessage]) -> list[int]:
         return [obj.patient_id for obj in objects]
 
-    def get_readonly_fields(self, request, obj=None):
-        return [name for _title, options in self.fieldsets for name in options["fields"]]
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: OutboxMessage | None = None
+    ) -> list[str]:
+        return flatten_fieldsets(self.fieldsets or ())
 
     @admin.display(description=_("patient"), ordering="patient__chart_no")
-    def patient_name(self, obj):
+    def patient_name(self, obj: OutboxMessage) -> str:
         return f"{obj.patient.chart_no} {obj.patient.name}"
 
     @admin.display(description=_("patient"))
-    def patient_link(self, obj):
+    def patient_link(self, obj: OutboxMessage) -> str:
         return _patient_link(obj.patient)
 
-    def has_resolve_permission(self, request):
+    def has_resolve_permission(self, request: HttpRequest) -> bool:
         # The change page stays read-only for everyone; settling an unknown outcome is the one
         # change staff make, so it is what the change permission grants.
         return request.user.has_perm("reminders.change_outboxmessage")
@@ -90,17 +115,19 @@ class OutboxMessageAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin
         permissions=["resolve"],
         description=_("Mark as sent (confirmed with the provider)"),
     )
-    def mark_sent(self, request, queryset):
+    def mark_sent(self, request: StaffRequest, queryset: QuerySet[OutboxMessage]) -> None:
         self._settle(request, queryset, sent=True)
 
     @admin.action(
         permissions=["resolve"],
         description=_("Mark as failed (confirmed with the provider)"),
     )
-    def mark_failed(self, request, queryset):
+    def mark_failed(self, request: StaffRequest, queryset: QuerySet[OutboxMessage]) -> None:
         self._settle(request, queryset, sent=False)
 
-    def _settle(self, request, queryset, *, sent):
+    def _settle(
+        self, request: StaffRequest, queryset: QuerySet[OutboxMessage], *, sent: bool
+    ) -> None:
         ids = list(queryset.values_list("pk", flat=True))
         settled = messages_settle_unknown(
             message_ids=ids, sent=sent, actor=request.user, now=timezone.now()
@@ -126,10 +153,12 @@ class TaskStateFilter(admin.SimpleListFilter):
     title = _("state")
     parameter_name = "state"
 
-    def lookups(self, request, model_admin):
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[StaffTask]
+    ) -> list[tuple[str, StrOrPromise]]:
         return [("open", _("open")), ("done", _("done")), ("all", _("all"))]
 
-    def choices(self, changelist):
+    def choices(self, changelist: ChangeList) -> Iterator["_ListFilterChoices"]:
         current = self.value() or "open"
         for value, title in self.lookup_choices:
             yield {
@@ -138,21 +167,21 @@ class TaskStateFilter(admin.SimpleListFilter):
                 "display": title,
             }
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[StaffTask]) -> QuerySet[StaffTask]:
         state = self.value() or "open"
         if state == "all":
             return queryset
         return queryset.filter(done_at__isnull=state == "open")
 
 
-class StaffTaskForm(forms.ModelForm):
+class StaffTaskForm(forms.ModelForm[StaffTask]):
     class Meta:
         model = StaffTask
         fields = ["note"]
 
 
 @admin.register(StaffTask)
-class StaffTaskAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class StaffTaskAdmin(AuditedAdminMixin, admin.ModelAdmin[StaffTask]):
     form = StaffTaskForm
     list_display = ["kind", "patient_name", "patient_phone", "due_on", "until", "done_at", "about"]
     list_filter = [TaskStateFilter, "kind"]
@@ -161,23 +190,23 @@ class StaffTaskAdmin(AuditedAdminMixin, admin.ModelAdmin):
     readonly_fields = ["kind", "patient_link", "about", "due_on", "until", "done_at"]
     actions = ["mark_done"]
 
-    def audited_patient_ids(self, objects):
+    def audited_patient_ids(self, objects: Iterable[StaffTask]) -> list[int]:
         return [obj.patient_id for obj in objects]
 
     @admin.display(description=_("patient"), ordering="patient__chart_no")
-    def patient_name(self, obj):
+    def patient_name(self, obj: StaffTask) -> str:
         return f"{obj.patient.chart_no} {obj.patient.name}"
 
     @admin.display(description=_("phone"))
-    def patient_phone(self, obj):
+    def patient_phone(self, obj: StaffTask) -> str:
         return obj.patient.phone
 
     @admin.display(description=_("patient"))
-    def patient_link(self, obj):
+    def patient_link(self, obj: StaffTask) -> str:
         return _patient_link(obj.patient)
 
     @admin.display(description=_("about"))
-    def about(self, obj):
+    def about(self, obj: StaffTask) -> str:
         if obj.message_id:
             url = reverse("admin:reminders_outboxmessage_change", args=[obj.message_id])
             return format_html('<a href="{}">{}</a>', url, _("the message"))
@@ -186,14 +215,14 @@ class StaffTaskAdmin(AuditedAdminMixin, admin.ModelAdmin):
             return format_html('<a href="{}">{}</a>', url, _("the procedure"))
         return ""
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: StaffTask | None = None) -> bool:
         return False
 
     @admin.action(permissions=["change"], description=_("Mark done"))
-    def mark_done(self, request, queryset):
+    def mark_done(self, request: HttpRequest, queryset: QuerySet[StaffTask]) -> None:
         ids = list(queryset.values_list("pk", flat=True))
         closed = tasks_mark_done(task_ids=ids, now=timezone.now())
         self.message_user(request, _("%(count)d task(s) marked done.") % {"count": closed})
@@ -202,12 +231,14 @@ class StaffTaskAdmin(AuditedAdminMixin, admin.ModelAdmin):
 # --- On the patient page: "why didn't Mrs Lin get her reminder?" -------------------------------
 
 
-class LatestFormSet(forms.BaseInlineFormSet):
+class LatestFormSet(forms.BaseInlineFormSet[_ChildT, Patient, forms.ModelForm[_ChildT]]):
     """Only the newest rows: a patient of many years has hundreds of messages."""
 
     latest = 20
+    total: int  # set with _latest, on the first get_queryset; the template shows it
+    _latest: QuerySet[_ChildT]
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[_ChildT]:
         if not hasattr(self, "_latest"):
             rows = super().get_queryset()
             self.total = rows.count()
@@ -215,31 +246,31 @@ class LatestFormSet(forms.BaseInlineFormSet):
         return self._latest
 
 
-class PatientLatestInline(ReadOnlyInline):
-    formset = LatestFormSet
+class PatientLatestInline(ReadOnlyInline[_ChildT, Patient]):
+    formset: type[LatestFormSet[_ChildT]] = LatestFormSet
     show_change_link = True
     # The stock table, then a link to all of the patient's rows in the list page.
     template = "admin/reminders/latest_tabular.html"
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[_ChildT]:
         return super().get_queryset(request).select_related("rule")  # one query, not one a row
 
 
-class MessageInline(PatientLatestInline):
+class MessageInline(PatientLatestInline[OutboxMessage]):
     model = OutboxMessage
     fields = ["due_at", "rule", "channel", "status", "error"]
     ordering = ["-due_at", "-pk"]
     verbose_name_plural = _("messages (newest first)")
 
 
-class SkipInline(PatientLatestInline):
+class SkipInline(PatientLatestInline[Skip]):
     model = Skip
     fields = ["at", "rule", "occurrence", "reason"]
     ordering = ["-at", "-pk"]
     verbose_name_plural = _("messages not sent, and why (newest first)")
 
     @admin.display(description=_("occurrence"))
-    def occurrence(self, obj):
+    def occurrence(self, obj: Skip) -> str:
         return obj.occurrence_key
 
 

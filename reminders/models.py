@@ -91,7 +91,7 @@ class OutboxMessage(models.Model):
             models.Index(fields=["provider_id"], name="message_provider_id"),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         channel, status = self.get_channel_display(), self.get_status_display()
         return f"{self.rule} → {self.patient} ({channel}, {status})"
 
@@ -122,7 +122,7 @@ class Attempt(models.Model):
         verbose_name = _("delivery attempt")
         verbose_name_plural = _("delivery attempts")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.get_channel_display()} · {self.get_outcome_display()}"
 
 
@@ -163,7 +163,7 @@ class StaffTask(models.Model):
             ),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.get_kind_display()
 
 

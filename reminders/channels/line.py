@@ -7,10 +7,14 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import urllib3
 from django.conf import settings
-from linebot.v3.messaging import (
+
+# line-bot-sdk ships no type information (no py.typed, no stubs): its names are Any to mypy, and
+# what we take from them is given a type where it enters our code (ids, status, headers).
+from linebot.v3.messaging import (  # type: ignore[import-untyped]
     ApiClient,
     ApiException,
     Configuration,
@@ -18,7 +22,7 @@ from linebot.v3.messaging import (
     PushMessageRequest,
     TextMessage,
 )
-from linebot.v3.webhooks import (
+from linebot.v3.webhooks import (  # type: ignore[import-untyped]
     Event,
     FollowEvent,
     MessageEvent,
@@ -84,8 +88,10 @@ class LineChannel(Channel):
 
         sent = response.data.sent_messages if response.data else None
         if sent:
-            return sent[0].id
-        return (response.headers or {}).get("x-line-request-id", "")
+            message_id: str = sent[0].id
+            return message_id
+        request_id: str = (response.headers or {}).get("x-line-request-id", "")
+        return request_id
 
 
 def _already_accepted(exc: ApiException, message: OutgoingMessage) -> str:
@@ -120,7 +126,7 @@ def _api_error(exc: ApiException) -> ChannelError:
     return ChannelError(text, permanent=True)
 
 
-def _body(exc: ApiException) -> dict:
+def _body(exc: ApiException) -> dict[str, Any]:  # LINE's JSON error body
     try:
         body = json.loads(exc.body or "{}")
     except (TypeError, ValueError):
@@ -128,7 +134,9 @@ def _body(exc: ApiException) -> dict:
     return body if isinstance(body, dict) else {}
 
 
-def _seconds(value) -> float | None:
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
     try:
         return max(float(value), 0.0)
     except (TypeError, ValueError):

@@ -4,14 +4,18 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 from django.conf import settings
 from django.urls import reverse
-from twilio.base.exceptions import TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.request_validator import RequestValidator
-from twilio.rest import Client
+
+# twilio ships no type information (no py.typed, no stubs): its names are Any to mypy, and what
+# we take from them is given a type where it enters our code (the SID, the error's fields).
+from twilio.base.exceptions import TwilioRestException  # type: ignore[import-untyped]
+from twilio.http.http_client import TwilioHttpClient  # type: ignore[import-untyped]
+from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
+from twilio.rest import Client  # type: ignore[import-untyped]
 from urllib3.exceptions import NewConnectionError
 
 from .base import (
@@ -55,25 +59,27 @@ class _LeavingSession(requests.Session):
     # credential that can't be encoded, a malformed URL) means Twilio has nothing.
     left = False
 
-    def send(self, request, **kwargs):  # type: ignore[no-untyped-def]
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         self.left = True
         return super().send(request, **kwargs)
 
 
-class _RecordingHttpClient(TwilioHttpClient):
+# The SDK's client is Any to mypy (see the imports), so subclassing it is subclassing Any.
+class _RecordingHttpClient(TwilioHttpClient):  # type: ignore[misc]
     # TwilioRestException carries no response headers, so the Retry-After of a 429 would be
     # lost. One client per send keeps this free of races between threads.
-    last_response = None
+    last_response: object = None  # twilio.http.response.Response; read for its headers
 
-    def __init__(self, **kwargs):  # type: ignore[no-untyped-def]
-        super().__init__(**kwargs)
+    def __init__(self, *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
         self.session = _LeavingSession()
 
     @property
     def left(self) -> bool:
         return bool(self.session and self.session.left)
 
-    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    # The SDK calls it as request(method, url, params=..., data=..., headers=..., auth=..., ...).
+    def request(self, *args: Any, **kwargs: Any) -> object:
         self.last_response = super().request(*args, **kwargs)
         return self.last_response
 
@@ -120,7 +126,8 @@ class TwilioSMSChannel(Channel):
                 "sms outcome unknown message=%s error=%s", message.id, type(exc).__name__
             )
             raise OutcomeUnknown(f"Twilio may have the message: {type(exc).__name__}") from exc
-        return created.sid
+        sid: str = created.sid
+        return sid
 
     @staticmethod
     def _client(http_client: TwilioHttpClient) -> Client:
@@ -137,7 +144,7 @@ class TwilioSMSChannel(Channel):
         return client
 
 
-def _rest_error(exc: TwilioRestException, response) -> ChannelError:
+def _rest_error(exc: TwilioRestException, response: object) -> ChannelError:
     # Only status and code go into the error: Twilio's message text quotes the phone number.
     status, code = exc.status, exc.code
     text = f"Twilio HTTP {status}, error {code}"
@@ -164,10 +171,10 @@ def _transport_error(exc: requests.RequestException, message: OutgoingMessage) -
     return OutcomeUnknown(f"Twilio may have the message: {type(exc).__name__}")
 
 
-def _never_connected(exc: BaseException) -> bool:
+def _never_connected(exc: BaseException | None) -> bool:
     # requests wraps urllib3's MaxRetryError, whose `reason` is the NewConnectionError
     # (NameResolutionError is a subclass) raised before a byte was written.
-    seen = set()
+    seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, NewConnectionError):
@@ -178,11 +185,13 @@ def _never_connected(exc: BaseException) -> bool:
     return False
 
 
-def _seconds(value) -> float | None:
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None  # absent: let the outbox use its own backoff
     try:
         return max(float(value), 0.0)
     except (TypeError, ValueError):
-        return None  # absent, or an HTTP date: let the outbox use its own backoff
+        return None  # an HTTP date: let the outbox use its own backoff
 
 
 def status_callback_url(message_id: uuid.UUID) -> str:

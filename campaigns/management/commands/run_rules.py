@@ -1,6 +1,7 @@
 from datetime import datetime
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from campaigns.planner import plan_due_messages
@@ -9,11 +10,11 @@ from campaigns.planner import plan_due_messages
 class Command(BaseCommand):
     help = "Plan every enabled care rule now (or --at a moment); print what was queued or skipped."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--at", help="ISO date-time to plan for, e.g. 2026-11-24T08:00")
         parser.add_argument("--dry-run", action="store_true", help="count only, write nothing")
 
-    def handle(self, *args, at: str | None, dry_run: bool, **options):
+    def handle(self, *args: Any, at: str | None, dry_run: bool, **options: Any) -> None:
         now = timezone.now()
         if at:
             try:

@@ -14,7 +14,7 @@ import itertools
 import random
 import time as clock
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 
@@ -561,7 +561,7 @@ class _Generator:
             )
         )
 
-    def add_consent(self, demo: DemoPatient, *, channels: list[str], forced: dict) -> None:
+    def add_consent(self, demo: DemoPatient, *, channels: Sequence[str], forced: dict) -> None:
         rng = self.rng
         if not forced and rng.random() < 0.08:
             return  # never asked: the form wasn't filled in
@@ -609,11 +609,12 @@ class _Generator:
         if refused:
             source, evidence = Source.PAPER_FORM, "初診同意書勾選不同意"
         elif withdrawn:
-            source, evidence = {
+            withdrawals: dict[str, tuple[Source, str]] = {
                 Channel.SMS: (Source.SMS_KEYWORD, "回覆 STOP"),
                 Channel.LINE: (Source.LINE_FOLLOW, "封鎖 LINE 官方帳號"),
                 Channel.EMAIL: (Source.PATIENT_REQUEST, "來電要求停止寄送"),
-            }[channel]
+            }
+            source, evidence = withdrawals[channel]
         elif channel == Channel.LINE and rng.random() < 0.5:
             source, evidence = Source.LINE_FOLLOW, "加入 LINE 官方帳號"
         elif rng.random() < 0.65:
