@@ -537,9 +537,7 @@ class AuditLink(AppendOnlyModel):
     class Meta:
         verbose_name = _("audited patient")
         verbose_name_plural = _("audited patients")
-        constraints = [
-            models.UniqueConstraint(fields=["entry", "patient"], name="audit_link_once")
-        ]
+        constraints = [models.UniqueConstraint(fields=["entry", "patient"], name="audit_link_once")]
 
     def __str__(self):
         return str(self.patient_uuid)
