@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "consent",
     "campaigns",
     "reminders",
+    "desk",
 ]
 
 MIDDLEWARE = [

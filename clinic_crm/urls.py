@@ -6,4 +6,5 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
     path("webhooks/", include("reminders.urls")),
+    path("desk/", include("desk.urls")),
 ]

@@ -1,75 +1,11 @@
 """End to end in a real browser: Debian's Chromium, driven by Selenium, against the live app."""
 
-import shutil
-import time
-
-import pytest
-from django.contrib.auth.models import Group, User
-
 from patients.models import AuditEntry
 from tests.factories import PatientFactory
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = [
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(
-        not (CHROMIUM and CHROMEDRIVER),
-        reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
-    ),
-]
-PASSWORD = "correct horse 42"
+from .conftest import E2E, log_in, staff, wait_until
 
-
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # As root in a sandbox-less container, with nothing reaching out to the network.
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--lang=zh-TW",
-        "--window-size=1300,1000",
-    ):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {"intl.accept_languages": "zh-TW,zh"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
-
-
-def staff(username, group):
-    user = User.objects.create_user(username, password=PASSWORD, is_staff=True)
-    user.groups.add(Group.objects.get(name=group))
-    return user
-
-
-def log_in(browser, live_server, username):
-    from selenium.webdriver.common.by import By
-
-    browser.get(f"{live_server.url}/admin/login/")
-    browser.find_element(By.NAME, "username").send_keys(username)
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    browser.find_element(By.ID, "user-tools")  # waits (implicitly) until we are logged in
-
-
-def wait_until(condition, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.1)
+pytestmark = E2E
 
 
 def test_front_desk_finds_a_patient_by_phone_and_the_view_is_audited(browser, live_server):
