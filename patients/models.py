@@ -452,6 +452,12 @@ class Appointment(models.Model):
         ATTENDED = "attended", _("attended")
         NO_SHOW = "no_show", _("no-show")
 
+    class ConfirmedVia(models.TextChoices):
+        REPLY = "reply", _("reply")
+        LINE = "line", _("LINE button")
+        PHONE = "phone", _("phone")
+        DESK = "desk", _("at the desk")
+
     patient = models.ForeignKey(
         Patient, on_delete=models.PROTECT, related_name="appointments", verbose_name=_("patient")
     )
@@ -471,6 +477,11 @@ class Appointment(models.Model):
     status = models.CharField(
         _("status"), max_length=10, choices=Status.choices, default=Status.BOOKED
     )
+    # How the patient confirmed: the day view shows it, and the front desk phones the rest.
+    confirmed_via = models.CharField(
+        _("confirmed via"), max_length=10, choices=ConfirmedVia.choices, blank=True
+    )
+    confirmed_at = models.DateTimeField(_("confirmed at"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
