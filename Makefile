@@ -15,13 +15,27 @@ $(DEPS): pyproject.toml
 
 messages: $(DEPS)
 	$(MANAGE) compilemessages --ignore=.venv --verbosity 0
-# The web admin and the django-q2 worker side by side; Ctrl-C stops both.
+# The web pages and the django-q2 worker side by side: `make run [HOST=0.0.0.0] [PORT=8001]`.
+# Ctrl-C stops both. The worker runs in its own session, out of the terminal's reach, and the
+# shell stops it with exactly one SIGTERM once the web server has ended: django-q2 takes a
+# signal at any moment of its start-up quietly, but a second one while it stops re-enters its
+# handler (deadlock, or a screenful of RecursionError: the old `kill 0`).
+HOST ?= 127.0.0.1
+PORT ?= 8000
+RUN_ADDR = $(if $(findstring :,$(HOST)),[$(HOST)],$(HOST))
 run: $(DEPS) messages
 	$(MANAGE) migrate --verbosity 0
 	$(MANAGE) seed_demo --patients 500 --if-empty
 	$(MANAGE) setup_schedules
-	$(MANAGE) demo_admin
-	trap 'kill 0' INT TERM EXIT; $(MANAGE) qcluster & $(MANAGE) runserver 127.0.0.1:8000
+	$(MANAGE) demo_admin --host '$(HOST)' --port '$(PORT)'
+	@case '$(HOST)' in 0.0.0.0|::) here="$$(hostname -I 2>/dev/null | tr -s ' ' ,)";; \
+	  *) here='$(RUN_ADDR)';; esac; \
+	export ALLOWED_HOSTS="$${ALLOWED_HOSTS:-127.0.0.1,localhost,$$here}"; \
+	setsid $(MANAGE) qcluster & worker=$$!; \
+	stop() { trap '' INT TERM HUP; kill -TERM $$worker 2>/dev/null; wait $$worker; }; \
+	trap 'stop; exit 0' INT TERM HUP; \
+	$(MANAGE) runserver '$(RUN_ADDR):$(PORT)'; \
+	stop
 
 worker: $(DEPS)
 	$(MANAGE) qcluster
