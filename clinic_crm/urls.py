@@ -2,8 +2,12 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from desk import views as desk_views
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    # Before the admin's own: the front desk lands on its day view after logging in.
+    path("admin/login/", desk_views.staff_login, name="staff_login"),
     path("admin/", admin.site.urls),
     path("webhooks/", include("reminders.urls")),
     path("desk/", include("desk.urls")),

@@ -7,4 +7,10 @@ from desk import views
 app_name = "desk"
 urlpatterns = [
     path("", views.day, name="day"),
+    path("calls/", views.calls, name="day_calls"),
+    path("appointments/undo/", views.appointment_undo_view, name="appointment_undo"),
+    path("appointments/<int:pk>/phone/", views.appointment_phone, name="appointment_phone"),
+    path(
+        "appointments/<int:pk>/<slug:action>/", views.appointment_action, name="appointment_action"
+    ),
 ]

@@ -111,7 +111,10 @@ def reply_handle(
     if text == CONFIRM:
         # The appointment the request was about (OutboxMessage.appointment, reversed).
         Appointment.objects.filter(outboxmessage=request, status=Appointment.Status.BOOKED).update(
-            status=Appointment.Status.CONFIRMED, updated_at=now
+            status=Appointment.Status.CONFIRMED,
+            confirmed_via=Appointment.ConfirmedVia.REPLY,
+            confirmed_at=now,
+            updated_at=now,
         )
         return ReplyOutcome.CONFIRMED
     today = timezone.localdate(now)
