@@ -5,6 +5,7 @@ from django.db.models import Count
 from django.http import HttpResponse
 from django.utils.translation import gettext_lazy as _
 
+from clinic_crm.exports import ExportAdminMixin
 from clinic_crm.normalise import identifier_key
 from consent.admin import ConsentEntryInline, ConsentStateInline
 from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin, audit_autocomplete
@@ -172,7 +173,7 @@ class ErasedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Patient)
-class PatientAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class PatientAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     list_display = ["chart_no", "name", "sex", "birth_date", "phone", "preferred_channel"]
     list_filter = [ErasedFilter, "sex", "preferred_language", "preferred_channel", "conditions"]
     list_per_page = 50
@@ -305,7 +306,7 @@ class ProcedureAdmin(PatientRecordAdmin):
 
 
 @admin.register(Appointment)
-class AppointmentAdmin(PatientRecordAdmin):
+class AppointmentAdmin(ExportAdminMixin, PatientRecordAdmin):
     list_display = ["starts_at", "patient_name", "department", "doctor", "status"]
     list_filter = ["status", "department", "starts_at"]
     list_editable = ["status"]

@@ -15,6 +15,7 @@ from django.utils.translation import gettext_lazy as _
 from django_stubs_ext import StrOrPromise
 
 from campaigns.models import Skip
+from clinic_crm.exports import ExportAdminMixin
 from patients.admin import PatientAdmin
 from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
 from patients.models import Patient
@@ -54,7 +55,9 @@ class AttemptInline(ReadOnlyInline[Attempt, OutboxMessage]):
 
 
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin[OutboxMessage]):
+class OutboxMessageAdmin(
+    ExportAdminMixin, ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin[OutboxMessage]
+):
     """Read-only: the planner writes messages and dispatch moves them on. Staff only settle the
     ones whose outcome is unknown, after checking with the provider."""
 
@@ -181,7 +184,7 @@ class StaffTaskForm(forms.ModelForm[StaffTask]):
 
 
 @admin.register(StaffTask)
-class StaffTaskAdmin(AuditedAdminMixin, admin.ModelAdmin[StaffTask]):
+class StaffTaskAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin[StaffTask]):
     form = StaffTaskForm
     list_display = ["kind", "patient_name", "patient_phone", "due_on", "until", "done_at", "about"]
     list_filter = [TaskStateFilter, "kind"]
