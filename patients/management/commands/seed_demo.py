@@ -2,7 +2,9 @@
 
 Everything is dated relative to today, so birthdays, appointments, post-op follow-ups and refill
 windows are always due somewhere. The first patients of every run cover each of those cases, so
-even a small demo shows all of them; the rest are drawn at random.
+even a small demo shows all of them; the rest are drawn at random. Then today and tomorrow are
+filled in for the front desk's day view: 20-40 appointments each, in every state, with their
+reminders sent, delivered, failed, waiting or not sent for a reason.
 
 Names are made up, e-mail addresses use the reserved example.* domains and national IDs carry a
 wrong check digit, so no address or ID can be anyone's. Mobile numbers are random 09xx numbers,
@@ -16,7 +18,7 @@ import time as clock
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -24,6 +26,10 @@ from django.db import reset_queries, transaction
 from django.db.models.functions import Length
 from django.utils import timezone
 
+# The demo command writes across apps (the reminders of the demo day); patients' own code
+# never imports campaigns or reminders.
+from campaigns.models import Rule, RuleKind, Skip, SkipReason
+from campaigns.sendwindow import day_bounds
 from consent.models import Action, Channel, ConsentEntry, Purpose, Source
 from consent.services import consent_bulk_record
 from patients.models import (
@@ -39,6 +45,8 @@ from patients.models import (
     RefillWindow,
     Visit,
 )
+from reminders.models import OutboxMessage
+from reminders.models import Status as MessageStatus
 
 # Patients generated and written per round: bounds memory whatever --patients is.
 CHUNK = 2000
@@ -693,6 +701,184 @@ def demo_seed(*, seed: int, count: int, today: date) -> Counter:
     return counts
 
 
+# The front desk's demo day: how many appointments today and tomorrow, and in what states.
+DAY_APPOINTMENTS = (20, 40)
+# Reminder outcomes of the demo day, with weights; "skip" is a Skip row with a reason.
+REMINDER_OUTCOMES = {
+    MessageStatus.DELIVERED: 40,
+    MessageStatus.SENT: 14,
+    MessageStatus.FAILED: 10,
+    MessageStatus.UNKNOWN: 4,
+    MessageStatus.DROPPED: 4,
+    "skip": 18,
+    "none": 10,
+}
+FAILURES = ["空號或號碼錯誤（Twilio 21211）", "對方已封鎖 LINE 官方帳號", "電信業者拒收"]
+CONFIRMED_VIA_WEIGHTS = {
+    Appointment.ConfirmedVia.REPLY: 45,
+    Appointment.ConfirmedVia.LINE: 25,
+    Appointment.ConfirmedVia.PHONE: 20,
+    Appointment.ConfirmedVia.DESK: 10,
+}
+
+
+def demo_days(*, seed: int, today: date, first: int, last: int, now: datetime) -> Counter:
+    """Fill today and tomorrow for the day view: top each day up to 20-40 appointments with
+    patients of chart numbers `first`..`last`, spread them over every status, and give each
+    its confirmation and reminders. Same seed and same database, same result; a few queries
+    per day, whatever the number of patients."""
+    rng = random.Random(f"demo-day:{seed}:{today.isoformat()}")
+    counts: Counter = Counter()
+    rules = {
+        rule.asks_confirmation: rule for rule in Rule.objects.filter(kind=RuleKind.APPOINTMENT)
+    }
+    for offset in (0, 1):
+        day = today + timedelta(days=offset)
+        start, end = day_bounds(day)
+        on_day = Appointment.objects.filter(starts_at__gte=start, starts_at__lt=end)
+        target = rng.randint(*DAY_APPOINTMENTS)
+        wanted = min(target - on_day.count(), last - first + 1)
+        if wanted > 0:
+            counts["day_appointments"] += _demo_day_appointments(rng, day, first, last, wanted)
+        # At 100,000 patients the generator alone books thousands for tomorrow: only the first
+        # ones by time get the demo's statuses and reminders.
+        ids = list(
+            on_day.filter(outboxmessage__isnull=True, patient__erased_at__isnull=True)
+            .order_by("starts_at", "id")
+            .values_list("id", flat=True)[: DAY_APPOINTMENTS[1]]
+        )
+        appointments = list(
+            Appointment.objects.filter(pk__in=ids)
+            .select_related("patient")
+            .order_by("starts_at", "id")
+        )
+        counts.update(_demo_day_states(rng, appointments, rules, today=day == today, now=now))
+    return counts
+
+
+def _demo_day_appointments(rng: random.Random, day: date, first: int, last: int, n: int) -> int:
+    numbers = rng.sample(range(first, last + 1), n)
+    patients = dict(
+        Patient.objects.filter(chart_no__in=[chart_number(x) for x in numbers]).values_list(
+            "chart_no", "pk"
+        )
+    )
+    rows = []
+    tz = timezone.get_default_timezone()
+    for number in numbers:
+        if chart_number(number) not in patients:
+            continue
+        department = rng.choice(DEPARTMENT_NAMES)
+        session_start, session_end = rng.choice(SESSIONS)
+        minutes = rng.randrange(session_start, session_end, 15)
+        rows.append(
+            Appointment(
+                patient_id=patients[chart_number(number)],
+                starts_at=datetime.combine(day, time(minutes // 60, minutes % 60), tzinfo=tz),
+                department=department,
+                doctor=rng.choice(DEPARTMENTS[department][0]),
+                location=rng.choice(LOCATIONS),
+                bring_notes=rng.choice(BRING_NOTES),
+            )
+        )
+    Appointment.objects.bulk_create(rows)
+    return len(rows)
+
+
+def _demo_day_states(
+    rng: random.Random,
+    appointments: list[Appointment],
+    rules: dict[bool, Rule],
+    *,
+    today: bool,
+    now: datetime,
+) -> Counter:
+    counts: Counter = Counter()
+    messages, skips = [], []
+    for index, appointment in enumerate(appointments):
+        early = index < len(appointments) * 0.4
+        if today and early:
+            # The morning so far: most came, some didn't, a few are still to be marked.
+            statuses = {"attended": 70, "no_show": 15, "booked": 10, "cancelled": 5}
+        else:
+            statuses = {"booked": 45, "confirmed": 45, "cancelled": 10}
+        status = rng.choices(list(statuses), weights=list(statuses.values()))[0]
+        appointment.status = status
+        if status in ("confirmed", "attended") and rng.random() < 0.8:
+            via = rng.choices(list(CONFIRMED_VIA_WEIGHTS), list(CONFIRMED_VIA_WEIGHTS.values()))
+            appointment.confirmed_via = via[0]
+            appointment.confirmed_at = now - timedelta(hours=rng.randint(2, 30))
+        outcome = rng.choices(list(REMINDER_OUTCOMES), list(REMINDER_OUTCOMES.values()))[0]
+        if appointment.confirmed_via == Appointment.ConfirmedVia.REPLY:
+            outcome = MessageStatus.DELIVERED  # a reply answers a message that arrived
+        rule = rules.get(True) or rules.get(False)
+        if rule is None or outcome == "none":
+            continue
+        key = f"appointment:{appointment.pk}:{appointment.starts_at.astimezone(UTC).isoformat()}"
+        sent_at = now - timedelta(hours=rng.randint(3, 26))
+        if outcome == "skip":
+            patient = appointment.patient
+            reason = (
+                SkipReason.NO_CONTACT_POINT
+                if not (patient.phone or patient.line_user_id or patient.email)
+                else rng.choice([SkipReason.NO_CONSENT, SkipReason.WITHDRAWN])
+            )
+            skips.append(
+                Skip(rule=rule, patient=patient, occurrence_key=key, reason=reason, at=sent_at)
+            )
+            continue
+        messages.append(_demo_reminder(rng, appointment, rule, key, outcome, sent_at))
+    Appointment.objects.bulk_update(appointments, ["status", "confirmed_via", "confirmed_at"])
+    OutboxMessage.objects.bulk_create(messages, ignore_conflicts=True)
+    Skip.objects.bulk_create(skips, ignore_conflicts=True)  # a second run on the same day
+    counts.update(day_reminders=len(messages), day_skips=len(skips))
+    return counts
+
+
+def _demo_reminder(
+    rng: random.Random,
+    appointment: Appointment,
+    rule: Rule,
+    key: str,
+    outcome: str,
+    sent_at: datetime,
+) -> OutboxMessage:
+    patient = appointment.patient
+    channel = (
+        Channel.LINE if patient.line_user_id else Channel.SMS if patient.phone else Channel.EMAIL
+    )
+    starts = timezone.localtime(appointment.starts_at)
+    error = ""
+    if outcome == MessageStatus.FAILED:
+        error = rng.choice(FAILURES)
+    elif outcome == MessageStatus.DROPPED:
+        error = "病人已於櫃台改約"
+    reached = outcome in (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.UNKNOWN)
+    return OutboxMessage(
+        rule=rule,
+        patient=patient,
+        appointment=appointment,
+        anchor_at=appointment.starts_at,
+        occurrence_key=key,
+        purpose=rule.purpose,
+        channel=channel,
+        status=outcome,
+        error=error,
+        due_at=sent_at,
+        next_attempt_at=sent_at,
+        expires_at=appointment.starts_at,
+        sent_at=sent_at if reached or outcome == MessageStatus.FAILED else None,
+        delivered_at=sent_at + timedelta(seconds=20)
+        if outcome == MessageStatus.DELIVERED
+        else None,
+        attempts=1,
+        body=(
+            f"{patient.name}您好，提醒您 {starts:%m/%d %H:%M} {appointment.department}"
+            f"（{appointment.doctor}）回診，請回覆 1 確認、2 更改時間。"
+        ),
+    )
+
+
 def _write(chunk: list[DemoPatient], *, condition_ids: dict[str, int], counts: Counter) -> None:
     patients = [demo.patient for demo in chunk]
     _drop_taken_national_ids(patients)
@@ -761,6 +947,15 @@ class Command(BaseCommand):
             return
         started = clock.monotonic()
         counts = demo_seed(seed=seed, count=patients, today=timezone.localdate())
+        counts.update(
+            demo_days(
+                seed=seed,
+                today=timezone.localdate(),
+                first=counts["first"],
+                last=counts["last"],
+                now=timezone.now(),
+            )
+        )
         took = clock.monotonic() - started
         self.stdout.write(
             f"Seeded {counts['patients']:,} patients "
@@ -768,5 +963,7 @@ class Command(BaseCommand):
             f"{counts['visits']:,} visits, {counts['prescriptions']:,} prescriptions, "
             f"{counts['refill_windows']:,} refill windows, {counts['procedures']:,} procedures, "
             f"{counts['appointments']:,} appointments, {counts['condition_tags']:,} condition "
-            f"tags, {counts['consent_entries']:,} consent entries."
+            f"tags, {counts['consent_entries']:,} consent entries; today and tomorrow: "
+            f"{counts['day_appointments']:,} more appointments, {counts['day_reminders']:,} "
+            f"reminders, {counts['day_skips']:,} skipped."
         )
