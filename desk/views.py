@@ -4,7 +4,7 @@ from datetime import date, timedelta
 
 from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
 from django.core import signing
 from django.http import (
     Http404,
@@ -198,9 +198,9 @@ def appointment_phone(request: HttpRequest, pk: int) -> JsonResponse:
 
 def lands_on_desk(user: AbstractBaseUser | AnonymousUser) -> bool:
     """Front-desk staff start their day on the day view; managers and admins in the admin."""
-    if not user.is_authenticated or getattr(user, "is_superuser", False):
+    if not isinstance(user, User) or user.is_superuser:
         return False
-    groups = set(user.groups.values_list("name", flat=True))  # type: ignore[union-attr]
+    groups = set(user.groups.values_list("name", flat=True))
     return FRONT_DESK in groups and CLINIC_MANAGER not in groups
 
 
