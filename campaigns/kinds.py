@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from campaigns.models import Rule, RuleKind
-from campaigns.sendwindow import at_local, day_bounds, is_open_day
+from campaigns.sendwindow import LONGEST_CLOSURE_DAYS, at_local, day_bounds, is_open_day
 from campaigns.templating import format_date, local_time
 from patients.models import (
     Appointment,
@@ -307,11 +307,11 @@ def send_day_before(visit_day: date, days_before: int, profile: ClinicProfile) -
     """The day a message meant for `days_before` days ahead of the visit goes out: that day, or
     the last open day before it when the clinic is closed then."""
     day = visit_day - timedelta(days=days_before)
-    for _week in range(7):
+    for _day in range(LONGEST_CLOSURE_DAYS):  # a holiday run can outlast a week (春節)
         if is_open_day(day, profile):
             return day
         day -= timedelta(days=1)
-    raise ValueError("the clinic profile closes every day of the week")
+    raise ValueError(f"the clinic is closed every day of the {LONGEST_CLOSURE_DAYS} days before")
 
 
 def _appointment(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
@@ -321,7 +321,7 @@ def _appointment(rule: Rule, today: date, now: datetime, profile: ClinicProfile)
     visit_days: dict[date, int] = {}
     for offset in rule.offsets:
         day = today
-        for _week in range(7):
+        for _day in range(LONGEST_CLOSURE_DAYS):
             visit_days.setdefault(day - timedelta(days=offset), offset)
             day += timedelta(days=1)
             if offset >= 0 or not is_open_day(today, profile) or is_open_day(day, profile):

@@ -1,4 +1,5 @@
-"""When the clinic lets messages go out: its daily window and the days it is closed.
+"""When the clinic lets messages go out: its daily window, the weekdays it is closed, and its
+closure dates and make-up workdays (patients.models.ClinicDay).
 
 The planner and the send gate both ask `fit`: the one definition of "when may this go out".
 """
@@ -8,6 +9,15 @@ from datetime import date, datetime, time, timedelta
 from django.utils import timezone
 
 from patients.models import ClinicProfile
+from patients.selectors import clinic_days_in_year
+
+# How far ahead an open day is looked for. Taiwan's Lunar New Year closes a clinic for up to
+# nine days in a row, and a doctor's leave may be longer; a clinic closed for two months has
+# stopped sending on purpose (or by a mistake someone must see).
+LONGEST_CLOSURE_DAYS = 62
+# Where the closure dates loaded for a profile are kept, on that profile object: loaded once
+# per year per planning pass or dispatch batch (each loads its own profile), never per call.
+_CALENDAR = "_clinic_days_by_year"
 
 
 def at_local(day: date, clock: time) -> datetime:
@@ -20,18 +30,30 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return at_local(day, time.min), at_local(day + timedelta(days=1), time.min)
 
 
+def _clinic_day(day: date, profile: ClinicProfile) -> bool | None:
+    """True on a make-up workday, False on a closure date, None when the weekday decides."""
+    years: dict[int, dict[date, bool]] = profile.__dict__.setdefault(_CALENDAR, {})
+    if day.year not in years:
+        years[day.year] = clinic_days_in_year(day.year)
+    return years[day.year].get(day)
+
+
 def is_open_day(day: date, profile: ClinicProfile) -> bool:
-    """Whether the clinic sends messages on `day` at all."""
+    """Whether the clinic sends messages on `day` at all: its weekly pattern, unless a closure
+    date closes it or a make-up workday opens it."""
+    recorded = _clinic_day(day, profile)
+    if recorded is not None:
+        return recorded
     return day.weekday() not in profile.closed_weekdays
 
 
 def next_send_time(moment: datetime, profile: ClinicProfile) -> datetime:
     """`moment` itself if the clinic may send then, else the next opening of its window.
 
-    Raises ValueError when the profile closes every day of the week."""
+    Raises ValueError when the clinic is closed every day of the next LONGEST_CLOSURE_DAYS."""
     local = timezone.localtime(moment)
     day = local.date()
-    for _ in range(8):  # a week always has an open day unless all seven are closed
+    for _ in range(LONGEST_CLOSURE_DAYS + 1):
         if is_open_day(day, profile):
             opens = at_local(day, profile.send_window_start)
             closes = at_local(day, profile.send_window_end)
@@ -41,7 +63,10 @@ def next_send_time(moment: datetime, profile: ClinicProfile) -> datetime:
                 return local
         day += timedelta(days=1)
         local = at_local(day, time.min)
-    raise ValueError("the clinic profile closes every day of the week")
+    raise ValueError(
+        f"the clinic is closed every day of the next {LONGEST_CLOSURE_DAYS} days "
+        "(closed weekdays and closure dates)"
+    )
 
 
 def fit(due: datetime, expires: datetime, profile: ClinicProfile) -> datetime | None:

@@ -17,7 +17,12 @@ from django.db.models.query_utils import DeferredAttribute
 from django.utils.translation import gettext_lazy as _
 
 from clinic_crm import crypto
-from clinic_crm.normalise import phone_e164, phone_has_extension, phone_is_mobile
+from clinic_crm.normalise import (
+    SOURCE_SEPARATOR,
+    phone_e164,
+    phone_has_extension,
+    phone_is_mobile,
+)
 from clinic_crm.validators import validate_multiline, validate_single_line
 
 
@@ -178,10 +183,25 @@ class BlindDigest(str):
 
 
 class BlindIndexField(models.CharField):
-    """Keyed HMAC of another field's normalised value, kept in step on every save."""
+    """Keyed HMAC of another field's normalised value, kept in step on every save.
 
-    def __init__(self, *args, source: str = "", normaliser: Callable[[str], str] = str, **kw):
-        self.source = source
+    `source` may name several fields (a tuple): their values are joined with SOURCE_SEPARATOR
+    before the normaliser sees them, so one index can answer "these two facts together" (the
+    phone's last four digits and the birth date) without either being searchable alone.
+    """
+
+    SOURCE_SEPARATOR = SOURCE_SEPARATOR
+
+    def __init__(
+        self,
+        *args,
+        source: str | tuple[str, ...] = "",
+        normaliser: Callable[[str], str] = str,
+        **kw,
+    ):
+        self.source_fields = (source,) if isinstance(source, str) else tuple(source)
+        # Also the HMAC's domain: equal values in two indexes give unrelated digests.
+        self.source = "+".join(self.source_fields)
         self.normaliser = normaliser
         kw.setdefault("max_length", 64)
         kw.setdefault("null", True)
@@ -206,8 +226,17 @@ class BlindIndexField(models.CharField):
         current = crypto.blind_index(self.source, key)
         return BlindDigest(current, previous) if previous else current
 
+    def source_value(self, instance) -> str | None:
+        """What `digest` indexes for `instance`: its source field, or its sources joined."""
+        if len(self.source_fields) == 1:
+            return getattr(instance, self.source_fields[0])
+        values = [getattr(instance, name) for name in self.source_fields]
+        if not all(values):
+            return None
+        return self.SOURCE_SEPARATOR.join(str(value) for value in values)
+
     def pre_save(self, model_instance, add):
-        value = self.digest(getattr(model_instance, self.source))
+        value = self.digest(self.source_value(model_instance))
         # Stored under the current key only; a plain str for the database driver.
         value = str(value) if value is not None else None
         setattr(model_instance, self.attname, value)

@@ -166,7 +166,7 @@ def _sample_verify(*, using: str) -> None:
             if model._meta.db_table not in connections[using].introspection.table_names(cursor):
                 continue
         for field in fields:
-            load = ["pk", field.source, field.attname]
+            load = ["pk", *field.source_fields, field.attname]
             if any(f.name == "uuid" for f in model._meta.concrete_fields):
                 load.append("uuid")
             row = (
@@ -179,7 +179,7 @@ def _sample_verify(*, using: str) -> None:
             if row is None:
                 continue
             try:
-                source = getattr(row, field.source)
+                source = field.source_value(row)
             except crypto.DecryptionError as exc:
                 raise KeyMismatch(
                     f"FIELD_ENCRYPTION_KEYS can't decrypt the stored data ({exc}). Refusing "

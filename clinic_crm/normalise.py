@@ -2,6 +2,7 @@
 
 import re
 import unicodedata
+from datetime import date
 
 import phonenumbers
 from django.conf import settings
@@ -64,3 +65,21 @@ def name_key(raw: str) -> str:
 
 def identifier_key(raw: str) -> str:
     return "".join(unicodedata.normalize("NFKC", raw).split()).upper()
+
+
+# Joins the values of an index over several fields (clinic_crm.fields.BlindIndexField).
+SOURCE_SEPARATOR = "\x1f"
+
+
+def phone_tail_birth_key(raw: str) -> str:
+    """Lookup form of a phone and a birth date joined by SOURCE_SEPARATOR: the phone's last four
+    digits and the ISO date ("5678|1960-03-15"); "" when either is missing."""
+    phone, _sep, born = raw.partition(SOURCE_SEPARATOR)
+    digits = "".join(ch for ch in unicodedata.normalize("NFKC", phone) if ch in "0123456789")
+    try:
+        day = date.fromisoformat(born.strip())
+    except ValueError:
+        return ""
+    if len(digits) < 4:
+        return ""
+    return f"{digits[-4:]}|{day.isoformat()}"

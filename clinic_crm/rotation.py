@@ -202,7 +202,7 @@ def _reindex_model(
     using = router.db_for_write(model)
     rows = model._base_manager.db_manager(using).order_by("pk")
     load = ["pk", *(["uuid"] if _has_field(model, "uuid") else [])]
-    load += [name for f in fields for name in (f.source, f.attname)]
+    load += [name for f in fields for name in (*f.source_fields, f.attname)]
     total = rows.count()
     scanned = changed = 0
     last_pk = None
@@ -240,7 +240,7 @@ def _fresh_digests(
     values = {}
     for field in fields:
         try:
-            digest = field.digest(getattr(row, field.source))
+            digest = field.digest(field.source_value(row))
         except crypto.DecryptionError as exc:
             raise ReindexError(
                 f"{model.__name__} id {row.pk}, field {field.source}: {exc}"

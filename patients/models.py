@@ -23,7 +23,13 @@ from clinic_crm.fields import (
     EncryptedTextField,
     MobileFlagField,
 )
-from clinic_crm.normalise import email_key, identifier_key, name_key, phone_key
+from clinic_crm.normalise import (
+    email_key,
+    identifier_key,
+    name_key,
+    phone_key,
+    phone_tail_birth_key,
+)
 from clinic_crm.validators import validate_birth_date, validate_single_line, validate_taiwan_id
 
 
@@ -87,6 +93,48 @@ class ClinicProfile(models.Model):
     def load(cls) -> "ClinicProfile":
         profile, _created = cls.objects.get_or_create(pk=1)
         return profile
+
+
+class ClinicDay(models.Model):
+    """A date on which the clinic departs from its weekly pattern: closed on a day it normally
+    opens (a national holiday, a typhoon day, the doctor's leave) or open on a day it normally
+    closes (a make-up workday, 補班)."""
+
+    class Kind(models.TextChoices):
+        HOLIDAY = "holiday", _("national holiday")
+        TYPHOON = "typhoon", _("typhoon day")
+        LEAVE = "leave", _("doctor's leave")
+        CLOSED = "closed", _("other closure")
+        WORKDAY = "workday", _("make-up workday")
+
+    date = models.DateField(_("date"), unique=True)
+    # Derived from kind on save; kept as a column so the planner's calendar reads one flag.
+    open = models.BooleanField(_("clinic open"), default=False, editable=False)
+    kind = models.CharField(_("kind"), max_length=10, choices=Kind.choices, default=Kind.HOLIDAY)
+    note = models.CharField(
+        _("note"), max_length=100, blank=True, validators=[validate_single_line]
+    )
+
+    class Meta:
+        ordering = ["date"]
+        verbose_name = _("closure or make-up day")
+        verbose_name_plural = _("closure and make-up days")
+        constraints = [
+            # A make-up workday is the one kind that opens the clinic.
+            models.CheckConstraint(
+                condition=models.Q(open=True, kind="workday")
+                | (models.Q(open=False) & ~models.Q(kind="workday")),
+                name="clinic_day_open_iff_workday",
+                violation_error_message=_("Only a make-up workday opens the clinic."),
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.date:%Y-%m-%d} {self.get_kind_display()}"
+
+    def save(self, *args, **kwargs):
+        self.open = self.kind == self.Kind.WORKDAY
+        super().save(*args, **kwargs)
 
 
 class Condition(models.Model):
@@ -170,6 +218,11 @@ class Patient(models.Model):
     )
     phone_bidx = BlindIndexField(source="phone", normaliser=phone_key)
     phone_is_mobile = MobileFlagField(_("phone receives SMS"), source="phone")
+    # The front desk's "last four digits and birthday" lookup. Only the pair is indexed: the
+    # last four digits alone would sort patients into 10,000 buckets anyone could enumerate.
+    phone4_birth_bidx = BlindIndexField(
+        source=("phone", "birth_date"), normaliser=phone_tail_birth_key
+    )
     email = EncryptedCharField(_("e-mail"), max_length=254, blank=True, validators=[validate_email])
     email_bidx = BlindIndexField(source="email", normaliser=email_key)
     line_user_id = EncryptedCharField(
@@ -232,7 +285,7 @@ class Patient(models.Model):
         # (a duplicate national ID) reports a form error instead of failing at INSERT.
         for field in self._meta.concrete_fields:
             if isinstance(field, BlindIndexField):
-                setattr(self, field.attname, field.digest(getattr(self, field.source)))
+                setattr(self, field.attname, field.digest(field.source_value(self)))
         # The unique constraint is on national_id_bidx, a field forms exclude from validation.
         if (
             self.national_id_bidx

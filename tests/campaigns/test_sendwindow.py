@@ -8,6 +8,8 @@ from patients.models import ClinicProfile
 
 TPE = ZoneInfo("Asia/Taipei")
 
+pytestmark = pytest.mark.django_db
+
 
 def taipei(*args):
     return dt.datetime(*args, tzinfo=TPE)
@@ -62,3 +64,37 @@ def test_a_clinic_closed_every_day_is_refused_not_looped(profile):
 
     with pytest.raises(ValueError, match="every day"):
         next_send_time(taipei(2026, 11, 24, 10), profile)
+
+
+def test_a_closure_date_is_skipped_like_a_closed_weekday(profile):
+    from patients.models import ClinicDay
+
+    ClinicDay.objects.create(date=dt.date(2026, 11, 25), kind=ClinicDay.Kind.TYPHOON)
+
+    assert next_send_time(taipei(2026, 11, 24, 21, 30), profile) == taipei(2026, 11, 26, 9, 0)
+
+
+def test_a_makeup_workday_opens_a_closed_weekday(profile):
+    from patients.models import ClinicDay
+
+    profile.closed_weekdays = [5, 6]
+    ClinicDay.objects.create(date=dt.date(2026, 11, 28), kind=ClinicDay.Kind.WORKDAY)
+
+    assert next_send_time(taipei(2026, 11, 27, 22, 0), profile) == taipei(2026, 11, 28, 9, 0)
+
+
+def test_closures_longer_than_a_week_are_waited_out(profile):
+    from patients.models import ClinicDay
+
+    for offset in range(11):  # 春節 2027: Feb 4-14
+        day = dt.date(2027, 2, 4) + dt.timedelta(days=offset)
+        ClinicDay.objects.create(date=day, kind=ClinicDay.Kind.HOLIDAY)
+
+    assert next_send_time(taipei(2027, 2, 3, 22, 0), profile) == taipei(2027, 2, 15, 9, 0)
+
+
+def test_the_calendar_is_read_once_per_profile_and_year(profile, django_assert_num_queries):
+    with django_assert_num_queries(2):  # this year and the next, once each
+        for hour in range(24):
+            next_send_time(taipei(2026, 12, 31, hour), profile)
+        next_send_time(taipei(2027, 1, 2, 22), profile)
