@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from desk import views
+from desk import tasks, views
 
 app_name = "desk"
 urlpatterns = [
@@ -13,4 +13,6 @@ urlpatterns = [
     path(
         "appointments/<int:pk>/<slug:action>/", views.appointment_action, name="appointment_action"
     ),
+    path("tasks/", tasks.task_list, name="tasks"),
+    path("tasks/<int:pk>/<slug:action>/", tasks.task_action, name="task_action"),
 ]

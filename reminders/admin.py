@@ -186,11 +186,43 @@ class StaffTaskForm(forms.ModelForm[StaffTask]):
 @admin.register(StaffTask)
 class StaffTaskAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin[StaffTask]):
     form = StaffTaskForm
-    list_display = ["kind", "patient_name", "patient_phone", "due_on", "until", "done_at", "about"]
+    list_display = [
+        "kind",
+        "patient_name",
+        "patient_phone",
+        "due_on",
+        "until",
+        "done_at",
+        "assignee",
+        "outcome",
+        "about",
+    ]
     list_filter = [TaskStateFilter, "kind"]
-    list_select_related = ["patient", "message"]
-    fields = ["kind", "patient_link", "about", "due_on", "until", "done_at", "note"]
-    readonly_fields = ["kind", "patient_link", "about", "due_on", "until", "done_at"]
+    list_select_related = ["patient", "message", "assignee"]
+    fields = [
+        "kind",
+        "patient_link",
+        "about",
+        "due_on",
+        "until",
+        "done_at",
+        "assignee",
+        "tries",
+        "outcome",
+        "note",
+    ]
+    # The outcomes and assignment are the desk's task list's job (desk/tasks.py), audited there.
+    readonly_fields = [
+        "kind",
+        "patient_link",
+        "about",
+        "due_on",
+        "until",
+        "done_at",
+        "assignee",
+        "tries",
+        "outcome",
+    ]
     actions = ["mark_done"]
 
     def audited_patient_ids(self, objects: Iterable[StaffTask]) -> list[int]:
@@ -216,6 +248,9 @@ class StaffTaskAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin[Staff
         if obj.procedure_id:
             url = reverse("admin:patients_procedure_change", args=[obj.procedure_id])
             return format_html('<a href="{}">{}</a>', url, _("the procedure"))
+        if obj.appointment_id:
+            url = reverse("admin:patients_appointment_change", args=[obj.appointment_id])
+            return format_html('<a href="{}">{}</a>', url, _("the appointment"))
         return ""
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -1,7 +1,9 @@
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from clinic_crm.fields import EncryptedCharField, EncryptedTextField
 from consent.models import Channel, Purpose
@@ -134,6 +136,13 @@ class StaffTask(models.Model):
         REVIEW_UNKNOWN = "review_unknown", _("check a message whose outcome is unknown")
         RESCHEDULE = "reschedule", _("call back: the patient asked to change the appointment")
         CALL_UNREACHED = "call_unreached", _("call: no channel could deliver a reminder")
+        CALL_NO_CHANNEL = "call_no_channel", _("call: appointment soon, no way to remind")
+
+    class Outcome(models.TextChoices):
+        NONE = "", pgettext_lazy("staff task", "not tried yet")
+        DONE = "done", pgettext_lazy("staff task", "done")
+        NO_ANSWER = "no_answer", pgettext_lazy("staff task", "no answer")
+        WRONG_NUMBER = "wrong_number", pgettext_lazy("staff task", "wrong number")
 
     kind = models.CharField(_("task"), max_length=20, choices=Kind.choices)
     patient = models.ForeignKey(
@@ -141,16 +150,51 @@ class StaffTask(models.Model):
     )
     procedure = models.ForeignKey(Procedure, on_delete=models.PROTECT, null=True, blank=True)
     message = models.ForeignKey(OutboxMessage, on_delete=models.PROTECT, null=True, blank=True)
+    appointment = models.ForeignKey(
+        Appointment,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="staff_tasks",
+        verbose_name=_("appointment"),
+    )
     due_on = models.DateField(_("from"))
     until = models.DateField(_("until"))
     done_at = models.DateTimeField(_("done at"), null=True, blank=True)
     note = models.CharField(_("note"), max_length=200, blank=True)
+    # SET_NULL: who holds a task is today's arrangement, not history (the audit log keeps who
+    # acted on it).
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="staff_tasks",
+        verbose_name=_("assigned to"),
+    )
+    tries = models.PositiveSmallIntegerField(_("tries"), default=0)
+    outcome = models.CharField(
+        _("last outcome"), max_length=12, choices=Outcome.choices, default="", blank=True
+    )
 
     class Meta:
         ordering = ["done_at", "due_on"]
         verbose_name = _("staff task")
         verbose_name_plural = _("staff tasks")
+        indexes = [
+            # The task list and the count in the menu: open tasks by how late they are.
+            models.Index(
+                fields=["until", "due_on"],
+                condition=models.Q(done_at__isnull=True),
+                name="task_open",
+            )
+        ]
         constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "appointment"],
+                condition=models.Q(appointment__isnull=False),
+                name="task_once_per_appointment",
+            ),
             models.UniqueConstraint(
                 fields=["kind", "procedure"],
                 condition=models.Q(procedure__isnull=False),

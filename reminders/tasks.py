@@ -3,6 +3,7 @@
 from django.utils import timezone
 
 from campaigns.planner import plan_due_messages
+from desk.task_services import tasks_plan_no_channel
 from reminders.receipts import webhook_events_forget
 from reminders.services import messages_dispatch
 
@@ -18,3 +19,7 @@ def dispatch_task() -> dict[str, int]:
 
 def webhook_cleanup_task() -> int:
     return webhook_events_forget(now=timezone.now())
+
+
+def no_channel_task() -> int:
+    return tasks_plan_no_channel(now=timezone.now())
