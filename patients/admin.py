@@ -1,24 +1,22 @@
+from collections.abc import Callable
+from typing import ClassVar
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count
-from django.http import HttpResponse
-from django.shortcuts import redirect
-from django.template.response import TemplateResponse
-from django.urls import path
+from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext_lazy as _
 
 from clinic_crm.exports import ExportAdminMixin
 from clinic_crm.normalise import identifier_key
 from consent.admin import ConsentEntryInline, ConsentStateInline
 from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin, audit_autocomplete
-from patients.closures import clinic_days_parse_csv, clinic_days_parse_lines, clinic_days_save
 from patients.models import (
     DOSE_TIME,
     Appointment,
     AuditEntry,
     AuditLink,
-    ClinicDay,
     ClinicProfile,
     Condition,
     Patient,
@@ -127,6 +125,14 @@ class PrescriptionForm(forms.ModelForm):
             "refill_reminders",
         ]
 
+    def clean(self):
+        data = super().clean()
+        visit, patient = data.get("visit"), data.get("patient") or self.instance.patient_id
+        patient_id = getattr(patient, "pk", patient)
+        if visit is not None and patient_id is not None and visit.patient_id != patient_id:
+            self.add_error("visit", _("Choose one of this patient's visits."))
+        return data
+
 
 class PatientChildInline(admin.TabularInline):
     extra = 0
@@ -138,10 +144,22 @@ class VisitInline(PatientChildInline):
     fields = ["visited_on", "department", "doctor", "diagnosis_codes", "note"]
 
 
-class PrescriptionInline(PatientChildInline):
+class PatientVisitsMixin:
+    """The prescription form's visit box lists the one patient's visits, never everyone's."""
+
+    @staticmethod
+    def limit_visits(form_class, patient):
+        field = form_class.base_fields.get("visit")
+        if field is not None:
+            visits = Visit.objects.filter(patient=patient) if patient else Visit.objects.none()
+            field.queryset = visits.order_by("-visited_on", "-pk")
+
+
+class PrescriptionInline(PatientVisitsMixin, PatientChildInline):
     model = Prescription
     form = PrescriptionForm
     fields = [
+        "visit",
         "drug",
         "dose",
         "frequency",
@@ -153,9 +171,65 @@ class PrescriptionInline(PatientChildInline):
         "refill_reminders",
     ]
 
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        self.limit_visits(formset.form, obj)  # a class made for this request alone
+        return formset
+
+
+class PagePanel:
+    """A block on the patient page: a template and what it shows."""
+
+    def __init__(self, template: str, **context):
+        self.template, self.context = template, context
+
+
+class PatientPage:
+    """What other apps add to the patient page. patients/ imports nothing from campaigns/ or
+    reminders/ (data flows from records to rules to the outbox), so they register here."""
+
+    # Each takes the request and the patient and returns a PagePanel, or None to show nothing.
+    panels: ClassVar[list[Callable[[HttpRequest, Patient], PagePanel | None]]] = []
+    # Each returns care plans the rules name, as (key, label): the procedure form's choices.
+    care_plan_sources: ClassVar[list[Callable[[], list[tuple[str, str]]]]] = []
+
+
+class CarePlanField(forms.ChoiceField):
+    """A procedure's care plan, chosen from those the care rules use (a key no rule uses any
+    more stays selectable on the records that have it: ProcedureForm)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(choices=self.plans, **kwargs)
+
+    @staticmethod
+    def plans():
+        plans = [plan for source in PatientPage.care_plan_sources for plan in source()]
+        return [("", _("none: only the post-op rules for every procedure")), *plans]
+
+
+class ProcedureForm(forms.ModelForm):
+    # Declared here: the admin would give a model field's own form field a text box.
+    care_plan_key = CarePlanField(
+        label=Procedure._meta.get_field("care_plan_key").verbose_name,
+        required=False,
+        help_text=_("The post-op care rules for this kind of procedure."),
+    )
+
+    class Meta:
+        model = Procedure
+        fields = ["patient", "procedure_type", "performed_at", "discharged_at", "care_plan_key"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields.get("care_plan_key")
+        current = self.instance.care_plan_key if self.instance.pk else ""
+        if field is not None and current and current not in dict(field.choices):
+            field.choices = [*field.choices, (current, current)]
+
 
 class ProcedureInline(PatientChildInline):
     model = Procedure
+    form = ProcedureForm
     fields = ["procedure_type", "performed_at", "discharged_at", "care_plan_key"]
 
 
@@ -216,8 +290,19 @@ class PatientAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     ]
     actions = ["export_json", "erase"]
 
+    class Media:
+        # Fits 1,366 px and a 1,024 px tablet: wide inlines wrap instead of scrolling sideways.
+        css = {"all": ["patients/patient_page.css"]}
+
     def audited_patient_ids(self, objects):
         return [obj.pk for obj in objects]
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            # Shown on this page, so covered by the page's own audit entry.
+            panels = (panel(request, obj) for panel in PatientPage.panels)
+            context["patient_panels"] = [panel for panel in panels if panel is not None]
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def get_search_results(self, request, queryset, search_term):
         return patient_search(search_term, queryset), False
@@ -293,11 +378,18 @@ class RefillWindowInline(admin.TabularInline):
 
 
 @admin.register(Prescription)
-class PrescriptionAdmin(PatientRecordAdmin):
+class PrescriptionAdmin(PatientVisitsMixin, PatientRecordAdmin):
     form = PrescriptionForm
     list_display = ["start_date", "patient_name", "drug", "frequency", "days_supplied", "refills"]
     list_filter = ["frequency", "dose_reminders", "start_date"]
     inlines = [RefillWindowInline]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        # A new prescription has no patient yet: its visit is chosen once it is saved (or it
+        # is added from the patient's page, where the visits are that patient's).
+        self.limit_visits(form, obj.patient if obj else None)
+        return form
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
@@ -306,6 +398,7 @@ class PrescriptionAdmin(PatientRecordAdmin):
 
 @admin.register(Procedure)
 class ProcedureAdmin(PatientRecordAdmin):
+    form = ProcedureForm
     list_display = ["performed_at", "patient_name", "procedure_type", "discharged_at"]
     list_filter = ["care_plan_key", "performed_at"]
 
@@ -353,93 +446,3 @@ class AuditEntryAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     def patient_list(self, obj):
         links = obj.links.select_related("patient").order_by("patient__chart_no")
         return ", ".join(link.patient.chart_no for link in links)
-
-
-class ClinicDayImportForm(forms.Form):
-    lines = forms.CharField(
-        label=_("dates, one per line"),
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 12, "cols": 60}),
-        help_text=_(
-            "For example 2027-01-01 元旦 or 116/01/01 元旦 (ROC). A note with 補班 makes a "
-            "make-up workday, 颱風 a typhoon day, 請假 or 休診 a doctor's leave."
-        ),
-    )
-    csv_file = forms.FileField(
-        label=_("or a CSV file"),
-        required=False,
-        help_text=_("Columns: date, note; or the government's office calendar (是否放假)."),
-    )
-    default_kind = forms.ChoiceField(
-        label=_("kind of the dates whose note names none"),
-        choices=[c for c in ClinicDay.Kind.choices if c[0] != ClinicDay.Kind.WORKDAY],
-        initial=ClinicDay.Kind.HOLIDAY,
-    )
-
-    MAX_UPLOAD = 1_000_000  # a year's calendar is a few kilobytes
-
-    def clean(self):
-        data = super().clean()
-        upload = data.get("csv_file")
-        if not data.get("lines", "").strip() and not upload:
-            raise ValidationError(_("Paste the dates or choose a CSV file."))
-        if upload and upload.size > self.MAX_UPLOAD:
-            raise ValidationError(_("The file is too large for a calendar."))
-        kind = data.get("default_kind", ClinicDay.Kind.HOLIDAY)
-        days, errors = [], []
-        if data.get("lines", "").strip():
-            result = clinic_days_parse_lines(data["lines"], default_kind=kind)
-            days += result.days
-            errors += result.errors
-        if upload:
-            try:
-                result = clinic_days_parse_csv(upload.read(), default_kind=kind)
-            except UnicodeDecodeError:
-                raise ValidationError(_("Save the CSV file as UTF-8 or Big5.")) from None
-            days += result.days
-            errors += result.errors
-        if errors:
-            raise ValidationError(errors)
-        if not days:
-            raise ValidationError(_("No dates were found."))
-        data["days"] = days
-        return data
-
-
-@admin.register(ClinicDay)
-class ClinicDayAdmin(admin.ModelAdmin):
-    list_display = ["date", "weekday", "kind", "open", "note"]
-    list_filter = ["kind", "open"]
-    date_hierarchy = "date"
-    search_fields = ["note"]
-    fields = ["date", "kind", "note"]
-    change_list_template = "admin/patients/clinicday/change_list.html"
-
-    @admin.display(description=_("weekday"))
-    def weekday(self, obj):
-        return WEEKDAYS[obj.date.weekday()][1]
-
-    def get_urls(self):
-        urls = super().get_urls()
-        view = self.admin_site.admin_view(self.import_view)
-        return [path("import/", view, name="patients_clinicday_import"), *urls]
-
-    def import_view(self, request):
-        if not self.has_add_permission(request) or not self.has_change_permission(request):
-            raise PermissionDenied
-        form = ClinicDayImportForm(request.POST or None, request.FILES or None)
-        if request.method == "POST" and form.is_valid():
-            added, changed = clinic_days_save(days=form.cleaned_data["days"])
-            self.message_user(
-                request,
-                _("%(added)d date(s) added, %(changed)d updated.")
-                % {"added": added, "changed": changed},
-            )
-            return redirect("admin:patients_clinicday_changelist")
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.model._meta,
-            "title": _("Import closure dates"),
-            "form": form,
-        }
-        return TemplateResponse(request, "admin/patients/clinicday/import.html", context)
