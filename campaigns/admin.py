@@ -18,6 +18,7 @@ from django_stubs_ext import StrOrPromise
 
 from campaigns.context import sample_context
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip
+from campaigns.preview import PLAN_DAYS, occurrence_label, patient_plan
 from campaigns.templating import (
     BODY_MAX_CHARS,
     SUBJECT_MAX_CHARS,
@@ -30,8 +31,9 @@ from campaigns.templating import (
     sms_size,
 )
 from consent.models import Channel
+from patients.admin import PagePanel, PatientPage
 from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
-from patients.models import ClinicProfile, Language, Patient
+from patients.models import Appointment, ClinicProfile, Language, Patient, Visit
 
 # What staff type between list items: a comma, or the full-width comma and enumeration comma a
 # Chinese input method gives.
@@ -82,10 +84,54 @@ def _label(name: str) -> StrOrPromise:
     return capfirst(field.verbose_name)
 
 
-def _channel(piece: str) -> str:
-    if piece.lower() not in Channel.values:
-        raise ValueError(piece)
-    return piece.lower()
+class ChannelOrderWidget(forms.MultiWidget):
+    """One labelled drop-down per place in the order: first, second, third channel."""
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        choices = [("", "—"), *Channel.choices]
+        super().__init__([forms.Select(choices=choices) for _c in Channel.values], attrs)
+
+    def decompress(self, value: object) -> list[object]:
+        order = list(value) if isinstance(value, list | tuple) else []
+        return [*order, *[""] * len(Channel.values)][: len(Channel.values)]
+
+
+class ChannelOrderField(forms.MultiValueField):
+    """The channels to try, in order, each chosen by its name; stored as ["line", "sms"]."""
+
+    widget = ChannelOrderWidget
+    default_error_messages = {
+        "required": _("Choose at least the first channel."),
+        "twice": _("Each channel at most once."),
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        places = [
+            forms.ChoiceField(choices=Channel.choices, required=False) for _c in Channel.values
+        ]
+        super().__init__(places, require_all_fields=False, **kwargs)
+
+    def compress(self, data_list: list[str]) -> list[str]:
+        order = [channel for channel in data_list if channel]
+        if len(set(order)) != len(order):
+            raise ValidationError(self.error_messages["twice"], code="twice")
+        return order
+
+    def clean(self, value: Any) -> list[str]:
+        order: list[str] = super().clean(value) or []
+        if self.required and not order:
+            raise ValidationError(self.error_messages["required"], code="required")
+        return order
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        return list(initial or []) != self.compress([d for d in (data or []) if d])
+
+
+def departments_in_use() -> list[tuple[str, str]]:
+    """The departments on appointments and visits, as choices (their names are the labels)."""
+    names = set(Appointment.objects.order_by().values_list("department", flat=True).distinct())
+    names |= set(Visit.objects.order_by().values_list("department", flat=True).distinct())
+    return [(name, name) for name in sorted(filter(None, names))]
 
 
 class RuleForm(forms.ModelForm[Rule]):
@@ -101,14 +147,12 @@ class RuleForm(forms.ModelForm[Rule]):
             "minutes before the dose for medication doses. For example 1, 3, 7 or -7."
         ),
     )
-    channel_order = CommaListField(
+    channel_order = ChannelOrderField(
         label=_label("channel_order"),
-        item=_channel,
-        error_messages={
-            "required": _("Give at least one channel, e.g. line, sms."),
-            "invalid_item": _("Channels are line, sms and email, not %(bad)s."),
-        },
-        help_text=_("Channels to try, in order, separated by commas, e.g. line, sms, email."),
+        help_text=_(
+            "First, second and third choice; a later one is tried when the one before can't "
+            "be used. The patient's preferred channel goes first when it is one of them."
+        ),
     )
     sexes = forms.TypedMultipleChoiceField(
         label=_label("sexes"),
@@ -117,14 +161,23 @@ class RuleForm(forms.ModelForm[Rule]):
         widget=forms.CheckboxSelectMultiple,
         help_text=_("None ticked: everyone."),
     )
-    departments = CommaListField(
+    departments = forms.MultipleChoiceField(
         label=_label("departments"),
+        choices=[],  # those in use, when the form is made
         required=False,
-        help_text=_(
-            "Appointment or last-visit department, separated by commas, e.g. 家醫科, 眼科; "
-            "empty for all."
-        ),
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("The appointment's or last visit's department; none ticked: all."),
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A department the rule names that no visit has any more stays ticked and can be undone.
+        field = self.fields["departments"]
+        if isinstance(field, forms.ChoiceField):
+            choices = departments_in_use()
+            known = {value for value, _label in choices}
+            kept = [name for name in (self.instance.departments or []) if name not in known]
+            field.choices = [*choices, *[(name, name) for name in kept]]
 
     class Meta:
         model = Rule
@@ -356,7 +409,7 @@ class RuleAdmin(admin.ModelAdmin[Rule]):
 
     @admin.display(description=_("channel order"))
     def channels(self, obj: Rule) -> str:
-        return " → ".join(obj.channel_order)
+        return " → ".join(str(Channel(channel).label) for channel in obj.channel_order)
 
     def get_urls(self) -> list[URLPattern]:
         preview = self.admin_site.admin_view(self.preview_view)
@@ -404,4 +457,28 @@ class SkipAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin[Skip]):
 
     @admin.display(description=_("occurrence"))
     def occurrence(self, obj: Skip) -> str:
-        return obj.occurrence_key
+        return occurrence_label(obj.occurrence_key)
+
+
+# --- On the patient page: what the rules will send in the coming days ----------------------------
+
+
+def planned_messages_panel(request: HttpRequest, patient: Patient) -> PagePanel | None:
+    """The planner's dry run for one patient (campaigns.preview), for the patient page."""
+    if patient.erased_at is not None:
+        return None
+    rows = patient_plan(patient=patient, now=timezone.now(), days=PLAN_DAYS)
+    return PagePanel("campaigns/patient_plan.html", rows=rows, days=PLAN_DAYS)
+
+
+def care_plans_in_use() -> list[tuple[str, str]]:
+    """The care plans the post-op rules name, each labelled with those rules' names."""
+    names: dict[str, list[str]] = {}
+    rules = Rule.objects.exclude(care_plan_key="").order_by("care_plan_key", "priority", "name")
+    for key, name in rules.values_list("care_plan_key", "name"):
+        names.setdefault(key, []).append(name)
+    return [(key, f"{key}（{'、'.join(rule_names)}）") for key, rule_names in names.items()]
+
+
+PatientPage.panels = [*PatientPage.panels, planned_messages_panel]
+PatientPage.care_plan_sources = [*PatientPage.care_plan_sources, care_plans_in_use]

@@ -15,11 +15,12 @@ from django.utils.translation import gettext_lazy as _
 from django_stubs_ext import StrOrPromise
 
 from campaigns.models import Skip
+from campaigns.preview import last_sent_annotation, message_waiting_for, occurrence_label
 from clinic_crm.exports import ExportAdminMixin
 from patients.admin import PatientAdmin
 from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
-from patients.models import Patient
-from reminders.models import Attempt, OutboxMessage, StaffTask
+from patients.models import ClinicProfile, Patient
+from reminders.models import Attempt, OutboxMessage, StaffTask, Status
 from reminders.services import messages_settle_unknown, tasks_mark_done
 
 if TYPE_CHECKING:
@@ -34,6 +35,19 @@ class StaffRequest(HttpRequest):
     checked is logged-in staff (never AnonymousUser)."""
 
     user: User
+
+
+def waiting_for(message: OutboxMessage) -> str:
+    """What a queued message waits for, in words (campaigns.preview.message_waiting_for); the
+    queryset annotates `last_sent_at` with last_sent_annotation."""
+    if message.status != Status.QUEUED:
+        return ""  # without reading the clinic profile, for most rows of a list
+    return message_waiting_for(
+        message=message,
+        now=timezone.now(),
+        profile=ClinicProfile.load(),
+        last_sent_at=getattr(message, "last_sent_at", None),
+    )
 
 
 def _patient_link(patient: Patient) -> str:
@@ -61,7 +75,16 @@ class OutboxMessageAdmin(
     """Read-only: the planner writes messages and dispatch moves them on. Staff only settle the
     ones whose outcome is unknown, after checking with the provider."""
 
-    list_display = ["due_at", "patient_name", "rule", "channel", "status", "attempts", "sent_at"]
+    list_display = [
+        "due_at",
+        "patient_name",
+        "rule",
+        "channel",
+        "status",
+        "waiting_for",
+        "attempts",
+        "sent_at",
+    ]
     list_filter = ["status", "channel", "rule", "due_at"]
     list_select_related = ["patient", "rule"]
     search_fields = ["patient__chart_no"]
@@ -69,7 +92,17 @@ class OutboxMessageAdmin(
     fieldsets = [
         (
             None,
-            {"fields": ["patient_link", "rule", "purpose", "occurrence_key", "channel", "status"]},
+            {
+                "fields": [
+                    "patient_link",
+                    "rule",
+                    "purpose",
+                    "occurrence",
+                    "channel",
+                    "status",
+                    "waiting_for",
+                ]
+            },
         ),
         (_("Text"), {"fields": ["subject", "body"]}),
         (
@@ -100,6 +133,18 @@ class OutboxMessageAdmin(
         self, request: HttpRequest, obj: OutboxMessage | None = None
     ) -> list[str]:
         return flatten_fieldsets(self.fieldsets or ())
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OutboxMessage]:
+        messages: QuerySet[OutboxMessage] = super().get_queryset(request)
+        return messages.annotate(last_sent_at=last_sent_annotation())
+
+    @admin.display(description=_("waiting for"))
+    def waiting_for(self, obj: OutboxMessage) -> str:
+        return waiting_for(obj)
+
+    @admin.display(description=_("occurrence"))
+    def occurrence(self, obj: OutboxMessage) -> str:
+        return occurrence_label(obj.occurrence_key)
 
     @admin.display(description=_("patient"), ordering="patient__chart_no")
     def patient_name(self, obj: OutboxMessage) -> str:
@@ -296,9 +341,16 @@ class PatientLatestInline(ReadOnlyInline[_ChildT, Patient]):
 
 class MessageInline(PatientLatestInline[OutboxMessage]):
     model = OutboxMessage
-    fields = ["due_at", "rule", "channel", "status", "error"]
+    fields = ["due_at", "rule", "channel", "status", "waiting", "error"]
     ordering = ["-due_at", "-pk"]
     verbose_name_plural = _("messages (newest first)")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OutboxMessage]:
+        return super().get_queryset(request).annotate(last_sent_at=last_sent_annotation())
+
+    @admin.display(description=_("waiting for"))
+    def waiting(self, obj: OutboxMessage) -> str:
+        return waiting_for(obj)
 
 
 class SkipInline(PatientLatestInline[Skip]):
@@ -309,7 +361,7 @@ class SkipInline(PatientLatestInline[Skip]):
 
     @admin.display(description=_("occurrence"))
     def occurrence(self, obj: Skip) -> str:
-        return obj.occurrence_key
+        return occurrence_label(obj.occurrence_key)
 
 
 # patients/ imports nothing from campaigns/ or reminders/ (data flows from records to rules to

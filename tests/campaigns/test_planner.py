@@ -493,7 +493,7 @@ def test_one_broken_rule_does_not_stop_the_others():
     results = plan(taipei(2026, 11, 24, 8, 0))
 
     assert OutboxMessage.objects.count() == 1
-    assert [rule.name for rule in results] == ["回診通知 Return-visit notice"]
+    assert [rule.name for rule in results] == ["回診通知"]
 
 
 def test_default_profile_is_created_when_missing():
