@@ -71,6 +71,7 @@ def test_list_shows_what_to_do_in_words_with_the_patient_and_is_audited(client, 
     assert response.status_code == 200
     assert "術後電話關懷" in page and "白內障手術" in page
     assert "請致電：即將看診，但沒有可用的提醒管道" in page and "王醫師" in page
+    assert "09:30" in page  # the clinic's time, not UTC (01:30)
     assert "A000123 林美玲" in page
     words = re.sub(r"<[^>]+>", " ", page[page.index("<tbody>") :])  # the text people read
     assert "postop_call" not in words and "call_no_channel" not in words
@@ -305,3 +306,32 @@ def test_an_unknown_action_is_a_404(client, front_desk_user):
     task = _task()
 
     assert _act(_desk(client, front_desk_user), task, "delete").status_code == 404
+
+
+def test_a_task_about_a_message_names_the_rule_channel_and_status_and_links_to_it(
+    client, front_desk_user
+):
+    from campaigns.models import Rule
+    from reminders.models import OutboxMessage, Status
+
+    patient = PatientFactory()
+    rule = Rule.objects.order_by("pk").first()
+    message = OutboxMessage.objects.create(
+        rule=rule,
+        patient=patient,
+        occurrence_key="bench",
+        purpose=rule.purpose,
+        channel="sms",
+        status=Status.UNKNOWN,
+        due_at=FRIDAY,
+        next_attempt_at=FRIDAY,
+        expires_at=FRIDAY + dt.timedelta(days=1),
+        body="x",
+    )
+    _task(StaffTask.Kind.REVIEW_UNKNOWN, patient=patient, message=message)
+
+    page = _desk(client, front_desk_user).get(reverse("desk:tasks")).content.decode()
+
+    link = reverse("admin:reminders_outboxmessage_change", args=[message.pk])
+    assert f'href="{link}"' in page
+    assert f"{rule.name} · 簡訊 · " in page  # in words: the channel and the status
