@@ -7,6 +7,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Field
 from django.forms.formsets import DELETION_FIELD_NAME
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -33,7 +35,8 @@ from campaigns.templating import (
 from consent.models import Channel
 from patients.admin import PagePanel, PatientPage
 from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
-from patients.models import Appointment, ClinicProfile, Language, Patient, Visit
+from patients.models import Appointment, AuditEntry, ClinicProfile, Language, Patient, Visit
+from patients.services import audit_record
 
 # What staff type between list items: a comma, or the full-width comma and enumeration comma a
 # Chinese input method gives.
@@ -413,8 +416,13 @@ class RuleAdmin(admin.ModelAdmin[Rule]):
 
     def get_urls(self) -> list[URLPattern]:
         preview = self.admin_site.admin_view(self.preview_view)
+        plan = self.admin_site.admin_view(patient_plan_view)
         # Before the default URLs: "<path:object_id>/" would take "preview/" for a rule's id.
-        return [path("preview/", preview, name="campaigns_rule_preview"), *super().get_urls()]
+        return [
+            path("preview/", preview, name="campaigns_rule_preview"),
+            path("plan/<int:patient_id>/", plan, name="campaigns_rule_patient_plan"),
+            *super().get_urls(),
+        ]
 
     def preview_view(self, request: HttpRequest) -> HttpResponse:
         # Only made-up sample data is rendered, no patient's: nothing to audit.
@@ -464,11 +472,31 @@ class SkipAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin[Skip]):
 
 
 def planned_messages_panel(request: HttpRequest, patient: Patient) -> PagePanel | None:
-    """The planner's dry run for one patient (campaigns.preview), for the patient page."""
+    """A place on the patient page that loads the planner's dry run for the patient
+    (campaigns.preview) once the page is shown: the page itself stays fast."""
     if patient.erased_at is not None:
         return None
+    url = reverse("admin:campaigns_rule_patient_plan", args=[patient.pk])
+    return PagePanel("campaigns/patient_plan_place.html", url=url, days=PLAN_DAYS)
+
+
+def patient_plan_view(request: HttpRequest, patient_id: int) -> HttpResponse:
+    """The messages planned for one patient, as the panel's HTML; audited as a view of the
+    patient, for whoever may open the patient's page."""
+    patient_admin = admin.site._registry.get(Patient)
+    if patient_admin is None or not patient_admin.has_view_permission(request):
+        raise PermissionDenied
+    patient = get_object_or_404(Patient, pk=patient_id, erased_at__isnull=True)
     rows = patient_plan(patient=patient, now=timezone.now(), days=PLAN_DAYS)
-    return PagePanel("campaigns/patient_plan.html", rows=rows, days=PLAN_DAYS)
+    audit_record(
+        actor=request.user,
+        action=AuditEntry.Action.VIEW,
+        patients=[patient.pk],
+        path=request.path,
+        detail=str(_("messages planned")),
+    )
+    context = {"panel": {"rows": rows, "days": PLAN_DAYS}}
+    return TemplateResponse(request, "campaigns/patient_plan.html", context)
 
 
 def care_plans_in_use() -> list[tuple[str, str]]:

@@ -38,6 +38,13 @@ def page(client, user, patient):
         return client.get(reverse("admin:patients_patient_change", args=[patient.pk]))
 
 
+def planned(client, user, patient):
+    """The planned-messages panel, as the patient page loads it once it is shown."""
+    client.force_login(user)
+    with time_machine.travel(NOW, tick=False):
+        return client.get(reverse("admin:campaigns_rule_patient_plan", args=[patient.pk]))
+
+
 def plan_panel(response) -> str:
     html = response.content.decode()
     start = html.index('id="planned-messages"')
@@ -54,7 +61,7 @@ def test_a_birthday_next_week_with_consent_shows_its_day_time_and_channel(
     patient = PatientFactory(birth_date=dt.date(1960, 12, 8))
     grant(patient, Purpose.RELATIONSHIP, Channel.SMS)
 
-    panel = plan_panel(page(client, front_desk_user, patient))
+    panel = plan_panel(planned(client, front_desk_user, patient))
 
     assert "未來 30 天預定的訊息" in panel
     assert "12月8日（二） 10:00" in panel  # the day, at the rule's time, in Taipei
@@ -67,13 +74,33 @@ def test_a_birthday_without_consent_shows_the_reason_in_words(client, front_desk
     patient = PatientFactory(birth_date=dt.date(1960, 12, 8))
     grant(patient, Purpose.CARE, Channel.SMS)  # care, not birthday greetings
 
-    panel = plan_panel(page(client, front_desk_user, patient))
+    panel = plan_panel(planned(client, front_desk_user, patient))
 
     with translation.override("zh-hant"):
         reason = str(SkipReason.NO_CONSENT.label)
     assert "12月8日（二）" in panel
     assert f"不發送： {reason}" in panel
     assert "no_consent" not in panel
+
+
+def test_the_patient_page_loads_the_plan_which_is_audited_and_permission_checked(
+    client, front_desk_user, clinic
+):
+    from django.contrib.auth.models import User
+
+    from patients.models import AuditEntry
+
+    patient = PatientFactory()
+    url = reverse("admin:campaigns_rule_patient_plan", args=[patient.pk])
+
+    assert f'data-url="{url}"' in page(client, front_desk_user, patient).content.decode()
+    assert planned(client, front_desk_user, patient).status_code == 200
+    assert AuditEntry.objects.filter(
+        actor=front_desk_user, action="view", patients=patient, path=url
+    ).exists()
+
+    nobody = User.objects.create_user("nobody", password="x", is_staff=True)
+    assert planned(client, nobody, patient).status_code == 403
 
 
 def test_the_plan_is_a_dry_run_that_writes_nothing_and_skips_what_is_already_queued(clinic):
