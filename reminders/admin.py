@@ -17,6 +17,7 @@ from django_stubs_ext import StrOrPromise
 from campaigns.models import Skip
 from campaigns.preview import last_sent_annotation, message_waiting_for, occurrence_label
 from clinic_crm.exports import ExportAdminMixin
+from consent.models import Channel
 from patients.admin import PatientAdmin
 from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
 from patients.models import ClinicProfile, Patient
@@ -117,7 +118,7 @@ class OutboxMessageAdmin(
                     "delivered_at",
                     "provider_id",
                     "error",
-                    "channels_left",
+                    "channels_still_to_try",
                     "created_at",
                 ]
             },
@@ -145,6 +146,10 @@ class OutboxMessageAdmin(
     @admin.display(description=_("occurrence"))
     def occurrence(self, obj: OutboxMessage) -> str:
         return occurrence_label(obj.occurrence_key)
+
+    @admin.display(description=_("channels left"))
+    def channels_still_to_try(self, obj: OutboxMessage) -> str:
+        return " → ".join(str(Channel(channel).label) for channel in obj.channels_left)
 
     @admin.display(description=_("patient"), ordering="patient__chart_no")
     def patient_name(self, obj: OutboxMessage) -> str:

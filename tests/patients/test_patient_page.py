@@ -346,3 +346,21 @@ def test_an_occurrence_is_shown_in_words_in_the_clinics_time_zone():
         assert occurrence_label("dose:5:2026-12-03T08:00:15") == (
             "服藥 12月3日（四） 08:00，提前 15 分鐘"
         )
+
+
+def test_the_outbox_and_the_patient_page_never_show_a_utc_key_or_a_channel_code(
+    client, front_desk_user, clinic
+):
+    rule, patient = Rule.objects.get(name="回診通知"), PatientFactory()
+    key = "appointment:7:2026-12-07T06:30:00+00:00"
+    message = _queued(rule, patient, occurrence_key=key, channels_left=["email"])
+    Skip.objects.create(rule=rule, patient=patient, occurrence_key=key, reason="no_consent", at=NOW)
+    client.force_login(front_desk_user)
+
+    outbox = client.get(reverse("admin:reminders_outboxmessage_change", args=[message.pk]))
+    patient_page = page(client, front_desk_user, patient)
+
+    for html in (outbox.content.decode(), patient_page.content.decode()):
+        assert "回診 12月7日（一） 14:30" in html
+        assert "06:30:00+00:00" not in html
+    assert "電子郵件" in outbox.content.decode() and '"email"' not in outbox.content.decode()
