@@ -364,3 +364,29 @@ def test_the_outbox_and_the_patient_page_never_show_a_utc_key_or_a_channel_code(
         assert "回診 12月7日（一） 14:30" in html
         assert "06:30:00+00:00" not in html
     assert "電子郵件" in outbox.content.decode() and '"email"' not in outbox.content.decode()
+
+
+def test_the_dry_run_for_today_queues_and_skips_what_the_planner_then_does(clinic):
+    from tests.helpers import plan
+
+    patient = PatientFactory(birth_date=dt.date(1960, 12, 1))
+    grant(patient, Purpose.CARE, Channel.SMS)  # no consent for the birthday greeting
+    AppointmentFactory(patient=patient, starts_at=taipei(2026, 12, 2, 9, 0))
+    ProcedureFactory(patient=patient, discharged_at=taipei(2026, 11, 30, 16, 0))
+    today = NOW.date()
+
+    dry = [row for row in patient_plan(patient=patient, now=NOW) if row.day == today]
+    plan(NOW)
+
+    queued = {
+        (m.rule.name, m.occurrence_key, m.channel, m.due_at)
+        for m in OutboxMessage.objects.filter(patient=patient)
+    }
+    skipped = {
+        (s.rule.name, s.occurrence_key, s.reason) for s in Skip.objects.filter(patient=patient)
+    }
+    assert queued and skipped
+    assert {(r.rule_name, r.occurrence_key, r.channel, r.send_at) for r in dry if not r.skip} == (
+        queued
+    )
+    assert {(r.rule_name, r.occurrence_key, r.skip) for r in dry if r.skip} == skipped
