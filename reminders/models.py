@@ -187,7 +187,13 @@ class StaffTask(models.Model):
                 fields=["until", "due_on"],
                 condition=models.Q(done_at__isnull=True),
                 name="task_open",
-            )
+            ),
+            # The done list, newest first: without it each page sorts every closed task.
+            models.Index(
+                fields=["-done_at", "-id"],
+                condition=models.Q(done_at__isnull=False),
+                name="task_done",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -43,6 +43,10 @@ class Migration(migrations.Migration):
             model_name='stafftask',
             index=models.Index(condition=models.Q(('done_at__isnull', True)), fields=['until', 'due_on'], name='task_open'),
         ),
+        migrations.AddIndex(
+            model_name='stafftask',
+            index=models.Index(condition=models.Q(('done_at__isnull', False)), fields=['-done_at', '-id'], name='task_done'),
+        ),
         migrations.AddConstraint(
             model_name='stafftask',
             constraint=models.UniqueConstraint(condition=models.Q(('appointment__isnull', False)), fields=('kind', 'appointment'), name='task_once_per_appointment'),
