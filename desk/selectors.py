@@ -81,6 +81,11 @@ class ReminderLine:
     at: datetime | None = None
     reason: str = ""
 
+    @property
+    def at_text(self) -> str:
+        """When, as the desk reads it (3/9 15:20), in the clinic's zone."""
+        return f"{self.at.month}/{self.at.day} {self.at:%H:%M}" if self.at else ""
+
 
 @dataclass(frozen=True)
 class DayRow:
@@ -88,6 +93,8 @@ class DayRow:
     reachable: bool
     unreachable_reason: str
     reminders: tuple[ReminderLine, ...]
+    time_text: str = ""  # the start in the clinic's zone, 09:30
+    confirmed_text: str = ""  # how and when it was confirmed, in words
 
     @property
     def attention(self) -> Attention:
@@ -200,31 +207,50 @@ def _local(at: datetime | None) -> datetime | None:
     return timezone.localtime(at) if at else None
 
 
-def _message_line(message: OutboxMessage) -> ReminderLine:
+@dataclass(frozen=True)
+class _Words:
+    """The labels of one page, translated once rather than once per row."""
+
+    status: dict[str, str]
+    channel: dict[str, str]
+    reason: dict[str, str]
+    not_sent: str
+
+    @classmethod
+    def now(cls) -> "_Words":
+        return cls(
+            status={value: str(label) for value, label in Status.choices},
+            channel={value: str(label) for value, label in Channel.choices},
+            reason={value: str(label) for value, label in SkipReason.choices},
+            not_sent=_("not sent"),
+        )
+
+
+def _message_line(message: OutboxMessage, words: _Words) -> ReminderLine:
     state = _STATE_OF_STATUS[Status(message.status)]
     when = {
         ReminderState.WAITING: message.next_attempt_at,
         ReminderState.DELIVERED: message.delivered_at or message.sent_at,
     }.get(state, message.sent_at)
     reason = message.error if state in (ReminderState.FAILED, ReminderState.NOT_SENT) else ""
-    label = _("not sent") if state == ReminderState.NOT_SENT else message.get_status_display()
+    label = words.not_sent if state == ReminderState.NOT_SENT else words.status[message.status]
     return ReminderLine(
         rule_name=message.rule.name,
         state=state,
         label=label,
-        channel=message.get_channel_display(),
+        channel=words.channel.get(message.channel, message.channel),
         at=_local(when),
         reason=reason,
     )
 
 
-def _skip_line(skip: Skip) -> ReminderLine:
+def _skip_line(skip: Skip, words: _Words) -> ReminderLine:
     return ReminderLine(
         rule_name=skip.rule.name,
         state=ReminderState.NOT_SENT,
-        label=_("not sent"),
+        label=words.not_sent,
         at=_local(skip.at),
-        reason=skip.get_reason_display(),
+        reason=words.reason.get(skip.reason, skip.reason),
     )
 
 
@@ -237,6 +263,7 @@ def _appointment_id_of(occurrence_key: str) -> int | None:
 def _reminders(appointments: list[Appointment]) -> dict[int, list[ReminderLine]]:
     """Each appointment's reminders and skips, in two queries for the whole day."""
     ids = {a.pk for a in appointments}
+    words = _Words.now()
     lines: dict[int, list[tuple[datetime, ReminderLine]]] = defaultdict(list)
     messages = (
         OutboxMessage.objects.filter(appointment_id__in=ids)
@@ -258,7 +285,7 @@ def _reminders(appointments: list[Appointment]) -> dict[int, list[ReminderLine]]
     )
     for message in messages:
         assert message.appointment_id is not None  # noqa: S101 - filtered on it above
-        lines[message.appointment_id].append((message.due_at, _message_line(message)))
+        lines[message.appointment_id].append((message.due_at, _message_line(message, words)))
     skips = (
         Skip.objects.filter(
             patient_id__in={a.patient_id for a in appointments},
@@ -272,7 +299,7 @@ def _reminders(appointments: list[Appointment]) -> dict[int, list[ReminderLine]]
     for skip in skips:
         appointment_id = _appointment_id_of(skip.occurrence_key)
         if appointment_id in ids:
-            lines[appointment_id].append((skip.at, _skip_line(skip)))
+            lines[appointment_id].append((skip.at, _skip_line(skip, words)))
     return {
         pk: [line for _at, line in sorted(found, key=lambda item: item[0])]
         for pk, found in lines.items()
@@ -318,15 +345,24 @@ def desk_day(
         .order_by("starts_at", "id")
     )
     reminders = _reminders(loaded)
+    via = {value: str(label) for value, label in Appointment.ConfirmedVia.choices}
     rows = []
     for appointment in loaded:
         reachable, reason = _reach(appointment, rules, groups)
+        confirmed = ""
+        if appointment.confirmed_via:
+            confirmed = via.get(appointment.confirmed_via, appointment.confirmed_via)
+            if appointment.confirmed_at:
+                at = timezone.localtime(appointment.confirmed_at)
+                confirmed += f" {at.month}/{at.day} {at:%H:%M}"
         rows.append(
             DayRow(
                 appointment=appointment,
                 reachable=reachable,
                 unreachable_reason=reason,
                 reminders=tuple(reminders.get(appointment.pk, ())),
+                time_text=f"{timezone.localtime(appointment.starts_at):%H:%M}",
+                confirmed_text=confirmed,
             )
         )
     if order == Order.ATTENTION:

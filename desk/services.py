@@ -170,6 +170,22 @@ def appointment_phone_reveal(*, appointment_id: int, actor: Actor, path: str) ->
     return phone_display(phone) if phone else ""
 
 
+def row_actions(status: str) -> list[tuple[str, str]]:
+    """The desk actions an appointment in `status` allows, with their button labels, in the
+    order the day view shows them."""
+    labels = {
+        DeskAction.CONFIRM_PHONE: _("Confirmed by phone"),
+        DeskAction.ATTENDED: _("Attended"),
+        DeskAction.NO_SHOW: _("No-show"),
+        DeskAction.CANCEL: _("Cancel"),
+    }
+    return [
+        (action.value, label)
+        for action, label in labels.items()
+        if status in TRANSITIONS[action].allowed_from
+    ]
+
+
 def action_done_message(action: DeskAction) -> str:
     return {
         DeskAction.ATTENDED: _("Marked attended."),

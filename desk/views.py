@@ -31,6 +31,7 @@ from desk.services import (
     appointment_mark,
     appointment_phone_reveal,
     appointment_undo,
+    row_actions,
 )
 from patients.models import Appointment, AuditEntry
 from patients.services import audit_record
@@ -80,6 +81,8 @@ def _day_context(request: HttpRequest, day: Day) -> dict[str, object]:
         "department": request.GET.get("department", ""),
         "order": request.GET.get("order", Order.ATTENTION),
         "here": request.get_full_path(),
+        # Each row's form posts to <prefix><pk>/mark/: reversed once, not once per row.
+        "mark_prefix": reverse("desk:appointment_action", args=[0]).removesuffix("0/mark/"),
         "statuses": Appointment.Status,
     }
 
@@ -94,7 +97,12 @@ def day(request: HttpRequest) -> HttpResponse:
     _audit_list(request, view, "day view")
     context = _day_context(request, view)
     context["undo"] = request.session.pop(_UNDO_SESSION_KEY, None)
-    context["can_change"] = request.user.has_perm("patients.change_appointment")
+    context["can_change"] = can_change = request.user.has_perm("patients.change_appointment")
+    # The buttons each status allows, worked out once per page rather than in the template.
+    buttons = {status: row_actions(status) for status in Appointment.Status.values}
+    context["entries"] = [
+        (row, buttons[row.appointment.status] if can_change else []) for row in view.rows
+    ]
     return render(request, "desk/day.html", context)
 
 
@@ -130,12 +138,13 @@ def _back(request: HttpRequest) -> str:
 @require_POST
 @login_required(login_url=LOGIN_URL)
 @permission_required("patients.change_appointment", raise_exception=True)
-def appointment_action(request: HttpRequest, pk: int, action: str) -> HttpResponseRedirect:
-    """One click on the day view: attended, no-show, confirmed by phone or cancelled."""
+def appointment_action(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """One click on the day view: attended, no-show, confirmed by phone or cancelled (the
+    button's `action`)."""
     try:
-        chosen = DeskAction(action)
+        chosen = DeskAction(request.POST.get("action", ""))
     except ValueError:
-        raise Http404(action) from None
+        raise Http404("no such action") from None
     try:
         undo = appointment_mark(
             appointment_id=pk,

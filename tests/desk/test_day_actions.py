@@ -40,8 +40,8 @@ def appointment():
 
 
 def act(client, appointment, action, **data):
-    url = reverse("desk:appointment_action", args=[appointment.pk, action])
-    return client.post(url, {"next": "/desk/?day=2026-03-10", **data})
+    url = reverse("desk:appointment_action", args=[appointment.pk])
+    return client.post(url, {"action": action, "next": "/desk/?day=2026-03-10", **data})
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,7 @@ def test_staff_without_the_right_to_change_appointments_get_403_and_nothing_chan
 
 
 def test_an_action_is_a_post_never_a_get(desk, appointment):
-    response = desk.get(reverse("desk:appointment_action", args=[appointment.pk, "attended"]))
+    response = desk.get(reverse("desk:appointment_action", args=[appointment.pk]))
 
     assert response.status_code == 405
     appointment.refresh_from_db()
