@@ -25,6 +25,18 @@ def reachable(**kwargs):
     return patient
 
 
+def status_of(browser, appointment) -> str:
+    """The status the row shows, or "" while the page is being replaced (after a post)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        row = browser.find_element(By.ID, f"appointment-{appointment.pk}")
+        return row.find_element(By.CSS_SELECTOR, ".day-status").text
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
 def no_horizontal_scrollbar(browser) -> bool:
     return browser.execute_script(
         "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
@@ -69,16 +81,16 @@ def test_front_desk_works_through_the_day_from_the_day_view(browser, live_server
     # Confirms one patient by phone.
     row = browser.find_element(By.ID, f"appointment-{to_confirm.pk}")
     row.find_element(By.CSS_SELECTOR, "button.action-confirm_phone").click()
-    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, ".day-undo"))
+    wait_until(lambda: status_of(browser, to_confirm).startswith("已確認"))
     to_confirm.refresh_from_db()
     assert to_confirm.status == Appointment.Status.CONFIRMED
     assert to_confirm.confirmed_via == Appointment.ConfirmedVia.PHONE
-    assert "電話" in browser.find_element(By.ID, f"appointment-{to_confirm.pk}").text
+    assert "電話" in status_of(browser, to_confirm)  # how it was confirmed
 
     # Marks another no-show.
     row = browser.find_element(By.ID, f"appointment-{to_miss.pk}")
     row.find_element(By.CSS_SELECTOR, "button.action-no_show").click()
-    wait_until(lambda: "未到診" in browser.find_element(By.ID, f"appointment-{to_miss.pk}").text)
+    wait_until(lambda: status_of(browser, to_miss).startswith("未到診"))
     to_miss.refresh_from_db()
     assert to_miss.status == Appointment.Status.NO_SHOW
     assert "復原" in browser.find_element(By.CSS_SELECTOR, ".day-undo").text
