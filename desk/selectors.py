@@ -3,7 +3,6 @@ reminders and whether any reminder can reach the patient at all, in a fixed numb
 whatever the number of appointments."""
 
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import IntEnum, StrEnum
@@ -20,11 +19,10 @@ from campaigns.policy import channel_order_for, pick_channel
 from campaigns.sendwindow import day_bounds
 from consent.models import Channel, Purpose
 from consent.selectors import consent_annotations
-from patients import selectors as patient_selectors
 from patients.models import Appointment
+from patients.selectors import closure_on as clinic_closure_on
 from reminders.models import OutboxMessage, Status
 
-OPEN = (Appointment.Status.BOOKED, Appointment.Status.CONFIRMED)
 # Only the facts the page shows are loaded: the encrypted phone, notes and IDs stay unread.
 PATIENT_FIELDS = (
     "patient__id",
@@ -134,18 +132,13 @@ class Day:
 
 
 def closure_on(day: date) -> str:
-    """Why the clinic is closed on `day` (a holiday, a typhoon day, the doctor's leave), or "".
-
-    Reads the closure dates through `patients.selectors.closure_on` (issue 9, point 4); should
-    that be missing, no day counts as closed.
-    """
-    lookup: Callable[[date], Any] | None = getattr(patient_selectors, "closure_on", None)
-    closure = lookup(day) if lookup is not None else None
-    if not closure:
+    """Why the clinic is closed on `day` (a holiday, a typhoon day, the doctor's leave), in
+    words, or "" on an ordinary day. One query."""
+    closure = clinic_closure_on(day)
+    if closure is None:
         return ""
-    kind = closure.get_kind_display() if hasattr(closure, "get_kind_display") else _("closed")
-    note = getattr(closure, "note", "")
-    return f"{kind}（{note}）" if note else str(kind)
+    kind = closure.get_kind_display()
+    return f"{kind}（{closure.note}）" if closure.note else str(kind)
 
 
 def _appointment_rules() -> list[Rule]:

@@ -14,7 +14,7 @@ from django.urls import reverse
 
 from campaigns.models import Rule, Skip, SkipReason
 from consent.models import Channel, Purpose
-from patients.models import Appointment, AuditEntry
+from patients.models import Appointment, AuditEntry, ClinicDay
 from reminders.models import OutboxMessage, Status
 from tests.factories import AppointmentFactory, PatientFactory, grant, withdraw
 
@@ -315,26 +315,23 @@ def test_the_print_stylesheet_hides_navigation_and_buttons_on_a4(desk):
     assert re.search(r'class="day-filters no-print"', page)
 
 
-def test_a_day_the_clinic_is_closed_warns_about_its_appointments(desk, monkeypatch):
-    from patients import selectors
-
-    class Closure:
-        note = "颱風假"
-
-        def get_kind_display(self):
-            return "颱風停診"
-
-    monkeypatch.setattr(
-        selectors, "closure_on", lambda day: Closure() if day == TODAY else None, raising=False
-    )
+def test_a_day_the_clinic_is_closed_warns_about_its_appointments(desk):
+    ClinicDay.objects.create(date=TODAY, kind=ClinicDay.Kind.TYPHOON, note="颱風假")
     booking(9)
 
     today = desk.get(reverse("desk:day")).content.decode()
     tomorrow = desk.get(reverse("desk:day"), {"day": "2026-03-11"}).content.decode()
 
-    assert "颱風停診" in today and "颱風假" in today
+    assert "颱風假" in today and str(ClinicDay.Kind.TYPHOON.label) in today
     assert "day-closure" in today
     assert "day-closure" not in tomorrow
+
+
+def test_a_make_up_workday_is_no_closure(desk):
+    ClinicDay.objects.create(date=TODAY, kind=ClinicDay.Kind.WORKDAY)
+    booking(9)
+
+    assert "day-closure" not in desk.get(reverse("desk:day")).content.decode()
 
 
 # --- the call list ---------------------------------------------------------------------------
