@@ -6,8 +6,10 @@ import datetime as dt
 
 from django.utils import timezone
 
+from campaigns.models import Rule, Skip, SkipReason
 from consent.models import Channel, Purpose
 from patients.models import Appointment, AuditEntry
+from reminders.models import OutboxMessage
 from tests.factories import AppointmentFactory, PatientFactory, grant
 
 from .conftest import E2E, log_in, screenshot, staff, wait_until
@@ -66,8 +68,37 @@ def test_front_desk_works_through_the_day_from_the_day_view(browser, live_server
         department="家醫科",
         location="一樓 1 診，靠近電梯的候診區，請於報到櫃台取號",
     )
+    rule = Rule.objects.get(name__startswith="回診確認")
+    outcomes = ["delivered", "sent", "failed", "unknown", "queued", "skip"]
     for n in range(12):
-        AppointmentFactory(patient=reachable(), starts_at=at(14, n * 5), doctor="李醫師")
+        filler = AppointmentFactory(patient=reachable(), starts_at=at(14, n * 5), doctor="李醫師")
+        key = f"appointment:{filler.pk}:x"
+        outcome = outcomes[n % len(outcomes)]
+        if outcome == "skip":
+            Skip.objects.create(
+                rule=rule,
+                patient=filler.patient,
+                occurrence_key=key,
+                reason=SkipReason.WITHDRAWN,
+                at=timezone.now(),
+            )
+            continue
+        OutboxMessage.objects.create(
+            rule=rule,
+            patient=filler.patient,
+            appointment=filler,
+            anchor_at=filler.starts_at,
+            occurrence_key=key,
+            purpose="care",
+            channel="sms",
+            status=outcome,
+            error="空號或號碼錯誤（Twilio 21211）" if outcome == "failed" else "",
+            sent_at=timezone.now() if outcome != "queued" else None,
+            due_at=timezone.now(),
+            next_attempt_at=timezone.now(),
+            expires_at=filler.starts_at,
+            body="明天回診",
+        )
 
     log_in(browser, live_server, "desk")
 
