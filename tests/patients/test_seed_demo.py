@@ -268,7 +268,9 @@ def test_demo_admin_creates_the_demo_accounts_once(settings, monkeypatch):
     manager = User.objects.get(username="manager")
     assert list(manager.groups.values_list("name", flat=True)) == ["Clinic manager"]
     assert manager.check_password("clinic-demo-2026")
-    assert "user: admin  password: clinic-demo-2026" in out.getvalue()
+    printed = out.getvalue()
+    assert "/desk/  user: desk  password: clinic-demo-2026" in printed
+    assert "admin (all rights)" in printed
 
 
 @pytest.mark.django_db
