@@ -6,17 +6,22 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils.translation import gettext_lazy as _
 
 from clinic_crm.exports import ExportAdminMixin
 from clinic_crm.normalise import identifier_key
 from consent.admin import ConsentEntryInline, ConsentStateInline
 from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin, audit_autocomplete
+from patients.closures import clinic_days_parse_csv, clinic_days_parse_lines, clinic_days_save
 from patients.models import (
     DOSE_TIME,
     Appointment,
     AuditEntry,
     AuditLink,
+    ClinicDay,
     ClinicProfile,
     Condition,
     Patient,
@@ -446,3 +451,93 @@ class AuditEntryAdmin(ReadOnlyAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     def patient_list(self, obj):
         links = obj.links.select_related("patient").order_by("patient__chart_no")
         return ", ".join(link.patient.chart_no for link in links)
+
+
+class ClinicDayImportForm(forms.Form):
+    lines = forms.CharField(
+        label=_("dates, one per line"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 12, "cols": 60}),
+        help_text=_(
+            "For example 2027-01-01 元旦 or 116/01/01 元旦 (ROC). A note with 補班 makes a "
+            "make-up workday, 颱風 a typhoon day, 請假 or 休診 a doctor's leave."
+        ),
+    )
+    csv_file = forms.FileField(
+        label=_("or a CSV file"),
+        required=False,
+        help_text=_("Columns: date, note; or the government's office calendar (是否放假)."),
+    )
+    default_kind = forms.ChoiceField(
+        label=_("kind of the dates whose note names none"),
+        choices=[c for c in ClinicDay.Kind.choices if c[0] != ClinicDay.Kind.WORKDAY],
+        initial=ClinicDay.Kind.HOLIDAY,
+    )
+
+    MAX_UPLOAD = 1_000_000  # a year's calendar is a few kilobytes
+
+    def clean(self):
+        data = super().clean()
+        upload = data.get("csv_file")
+        if not data.get("lines", "").strip() and not upload:
+            raise ValidationError(_("Paste the dates or choose a CSV file."))
+        if upload and upload.size > self.MAX_UPLOAD:
+            raise ValidationError(_("The file is too large for a calendar."))
+        kind = data.get("default_kind", ClinicDay.Kind.HOLIDAY)
+        days, errors = [], []
+        if data.get("lines", "").strip():
+            result = clinic_days_parse_lines(data["lines"], default_kind=kind)
+            days += result.days
+            errors += result.errors
+        if upload:
+            try:
+                result = clinic_days_parse_csv(upload.read(), default_kind=kind)
+            except UnicodeDecodeError:
+                raise ValidationError(_("Save the CSV file as UTF-8 or Big5.")) from None
+            days += result.days
+            errors += result.errors
+        if errors:
+            raise ValidationError(errors)
+        if not days:
+            raise ValidationError(_("No dates were found."))
+        data["days"] = days
+        return data
+
+
+@admin.register(ClinicDay)
+class ClinicDayAdmin(admin.ModelAdmin):
+    list_display = ["date", "weekday", "kind", "open", "note"]
+    list_filter = ["kind", "open"]
+    date_hierarchy = "date"
+    search_fields = ["note"]
+    fields = ["date", "kind", "note"]
+    change_list_template = "admin/patients/clinicday/change_list.html"
+
+    @admin.display(description=_("weekday"))
+    def weekday(self, obj):
+        return WEEKDAYS[obj.date.weekday()][1]
+
+    def get_urls(self):
+        urls = super().get_urls()
+        view = self.admin_site.admin_view(self.import_view)
+        return [path("import/", view, name="patients_clinicday_import"), *urls]
+
+    def import_view(self, request):
+        if not self.has_add_permission(request) or not self.has_change_permission(request):
+            raise PermissionDenied
+        form = ClinicDayImportForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            added, changed = clinic_days_save(days=form.cleaned_data["days"])
+            self.message_user(
+                request,
+                _("%(added)d date(s) added, %(changed)d updated.")
+                % {"added": added, "changed": changed},
+            )
+            return redirect("admin:patients_clinicday_changelist")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": _("Import closure dates"),
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/patients/clinicday/import.html", context)
