@@ -120,3 +120,15 @@ def test_the_import_page_and_the_list_render(admin_client):
     page = admin_client.get(reverse("admin:patients_clinicday_changelist"))
     assert page.status_code == 200
     assert reverse(IMPORT) in page.content.decode()
+
+
+def test_the_manager_keeps_closure_dates_and_the_front_desk_reads_them(
+    client, manager_user, front_desk_user
+):
+    client.force_login(manager_user)
+
+    client.post(reverse(IMPORT), {"lines": "2027-01-01 元旦", "default_kind": "holiday"})
+
+    assert ClinicDay.objects.get().date == dt.date(2027, 1, 1)
+    client.force_login(front_desk_user)
+    assert client.get(reverse("admin:patients_clinicday_changelist")).status_code == 200
