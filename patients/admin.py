@@ -263,7 +263,8 @@ class PatientAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     list_per_page = 50
     search_fields = ["chart_no"]  # the real search is get_search_results, through blind indexes
     search_help_text = _(
-        "Chart number (or its start), or the exact full name, phone number, e-mail or national ID."
+        "Chart number (or its start), the exact full name, phone number, e-mail or national ID, "
+        "or the phone's last four digits with the birth date (5678 1960-03-15 or 5678 49/03/15)."
     )
     filter_horizontal = ["conditions"]
     readonly_fields = ["erased_at", "created_at", "updated_at"]
