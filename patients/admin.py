@@ -14,7 +14,12 @@ from django.utils.translation import gettext_lazy as _
 from clinic_crm.exports import ExportAdminMixin
 from clinic_crm.normalise import identifier_key
 from consent.admin import ConsentEntryInline, ConsentStateInline
-from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin, audit_autocomplete
+from patients.admin_audit import (
+    AuditedAdminMixin,
+    LatestFormSet,
+    ReadOnlyAdminMixin,
+    audit_autocomplete,
+)
 from patients.closures import clinic_days_parse_csv, clinic_days_parse_lines, clinic_days_save
 from patients.models import (
     DOSE_TIME,
@@ -142,6 +147,8 @@ class PrescriptionForm(forms.ModelForm):
 class PatientChildInline(admin.TabularInline):
     extra = 0
     show_change_link = True
+    formset = LatestFormSet  # the newest rows, and a link to all of them
+    template = "admin/latest_tabular.html"
 
 
 class VisitInline(PatientChildInline):
@@ -240,6 +247,7 @@ class ProcedureInline(PatientChildInline):
 
 class AppointmentInline(PatientChildInline):
     model = Appointment
+    ordering = ["-starts_at"]  # the coming ones first, then the most recent
     fields = ["starts_at", "department", "doctor", "location", "bring_notes", "status"]
 
 

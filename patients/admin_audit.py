@@ -7,14 +7,16 @@ it stays out of the log. A search is audited even when it finds nobody, so that 
 national IDs one after another shows up in the log.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.contrib.admin import AdminSite, ModelAdmin
 from django.contrib.admin.views.autocomplete import AutocompleteJsonView
+from django.db.models import Model, QuerySet
+from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest, HttpResponseBase
 from django.template.response import TemplateResponse
 
-from patients.models import AuditEntry
+from patients.models import AuditEntry, Patient
 from patients.services import audit_record
 
 if TYPE_CHECKING:
@@ -155,3 +157,23 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+_RowT = TypeVar("_RowT", bound=Model)
+
+
+class LatestFormSet(BaseInlineFormSet[_RowT, Patient, ModelForm[_RowT]]):
+    """Only the newest rows of a patient's records on the patient page: a patient of many years
+    has hundreds of visits and messages, and drawing them all made the page slow. The template
+    admin/latest_tabular.html says how many there are and links to all of them."""
+
+    latest = 20
+    total: int  # set with _latest, on the first get_queryset; the template shows it
+    _latest: QuerySet[_RowT]
+
+    def get_queryset(self) -> QuerySet[_RowT]:
+        if not hasattr(self, "_latest"):
+            rows = super().get_queryset()
+            self.total = rows.count()
+            self._latest = rows[: self.latest]
+        return self._latest

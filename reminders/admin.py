@@ -19,7 +19,7 @@ from campaigns.preview import last_sent_annotation, message_waiting_for, occurre
 from clinic_crm.exports import ExportAdminMixin
 from consent.models import Channel
 from patients.admin import PatientAdmin
-from patients.admin_audit import AuditedAdminMixin, ReadOnlyAdminMixin
+from patients.admin_audit import AuditedAdminMixin, LatestFormSet, ReadOnlyAdminMixin
 from patients.models import ClinicProfile, Patient
 from reminders.models import Attempt, OutboxMessage, StaffTask, Status
 from reminders.services import messages_settle_unknown, tasks_mark_done
@@ -319,26 +319,11 @@ class StaffTaskAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin[Staff
 # --- On the patient page: "why didn't Mrs Lin get her reminder?" -------------------------------
 
 
-class LatestFormSet(forms.BaseInlineFormSet[_ChildT, Patient, forms.ModelForm[_ChildT]]):
-    """Only the newest rows: a patient of many years has hundreds of messages."""
-
-    latest = 20
-    total: int  # set with _latest, on the first get_queryset; the template shows it
-    _latest: QuerySet[_ChildT]
-
-    def get_queryset(self) -> QuerySet[_ChildT]:
-        if not hasattr(self, "_latest"):
-            rows = super().get_queryset()
-            self.total = rows.count()
-            self._latest = rows[: self.latest]
-        return self._latest
-
-
 class PatientLatestInline(ReadOnlyInline[_ChildT, Patient]):
     formset: type[LatestFormSet[_ChildT]] = LatestFormSet
     show_change_link = True
     # The stock table, then a link to all of the patient's rows in the list page.
-    template = "admin/reminders/latest_tabular.html"
+    template = "admin/latest_tabular.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[_ChildT]:
         return super().get_queryset(request).select_related("rule")  # one query, not one a row

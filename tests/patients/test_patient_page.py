@@ -390,3 +390,56 @@ def test_the_dry_run_for_today_queues_and_skips_what_the_planner_then_does(clini
         queued
     )
     assert {(r.rule_name, r.occurrence_key, r.skip) for r in dry if r.skip} == skipped
+
+
+def test_a_patient_of_many_years_shows_the_newest_visits_and_links_to_all(
+    client, front_desk_user, clinic
+):
+    # given 25 visits, one a day
+    patient = PatientFactory()
+    for day in range(25):
+        VisitFactory(patient=patient, visited_on=dt.date(2026, 1, 1) + dt.timedelta(days=day))
+
+    response = page(client, front_desk_user, patient)
+
+    # then the page draws the newest 20 and says there are more, with a link to them all
+    formset = next(
+        f for f in response.context["inline_admin_formsets"] if f.formset.model.__name__ == "Visit"
+    ).formset
+    shown = [form.instance.visited_on for form in formset.initial_forms]
+    assert len(shown) == 20 and shown[0] == dt.date(2026, 1, 25)
+    body = response.content.decode()
+    link = reverse("admin:patients_visit_changelist") + f"?patient__id__exact={patient.pk}"
+    assert link in body
+    listed = client.get(link)
+    assert listed.status_code == 200 and listed.context["cl"].result_count == 25
+
+
+def test_saving_the_patient_page_with_many_visits_keeps_them_all(client, front_desk_user, clinic):
+    patient = PatientFactory()
+    for day in range(25):
+        VisitFactory(patient=patient, visited_on=dt.date(2026, 1, 1) + dt.timedelta(days=day))
+    response = page(client, front_desk_user, patient)
+    data = {}
+    for admin_form in [response.context["adminform"], *response.context["inline_admin_formsets"]]:
+        form_or_formset = getattr(admin_form, "formset", None) or admin_form.form
+        forms = getattr(form_or_formset, "forms", [form_or_formset])
+        if hasattr(form_or_formset, "management_form"):
+            management = form_or_formset.management_form
+            data.update({management.add_prefix(k): v for k, v in management.initial.items()})
+        for form in forms:
+            for name, field in form.fields.items():
+                value = form.initial.get(name, field.initial)
+                if value is None or value is False:
+                    continue
+                if isinstance(value, list | tuple):
+                    value = [getattr(v, "pk", v) for v in value]
+                data[form.add_prefix(name)] = getattr(value, "pk", value)
+
+    with time_machine.travel(NOW, tick=False):
+        saved = client.post(reverse("admin:patients_patient_change", args=[patient.pk]), data)
+
+    assert saved.status_code == 302, saved.context and [
+        f.errors for f in saved.context.get("inline_admin_formsets", [])
+    ]
+    assert patient.visits.count() == 25
