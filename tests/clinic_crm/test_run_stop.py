@@ -5,6 +5,7 @@ in a process group of its own on a scratch SQLite database, waits for the port t
 SIGINT to the whole group (what Ctrl-C does) and then looks in /proc for anything it left.
 """
 
+import contextlib
 import io
 import os
 import shutil
@@ -128,6 +129,10 @@ def test_ctrl_c_stops_make_run_web_server_and_worker_without_traceback_or_leftov
         make.wait(timeout=STOP_TIMEOUT)
     finally:
         if make.poll() is None:
+            # The worker has a session of its own: a failed test must not leave it running.
+            for session in {row[1] for row in _descendants(make.pid).values()}:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(session, signal.SIGKILL)
             os.killpg(make.pid, signal.SIGKILL)
             make.wait()
 
