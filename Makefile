@@ -57,6 +57,7 @@ bench: $(DEPS)
 	$(PY) bench/planner.py
 	$(PY) bench/dispatch.py
 	$(PY) bench/desk.py
+	$(PY) bench/search.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache
