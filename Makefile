@@ -56,7 +56,7 @@ bench: $(DEPS)
 	$(PY) bench/seed_demo.py
 	$(PY) bench/planner.py
 	$(PY) bench/dispatch.py
-	$(PY) bench/desk.py
+	$(PY) bench/desk_pages.py
 	$(PY) bench/search.py
 
 clean:

@@ -78,7 +78,7 @@ def populate(count: int) -> None:
     from campaigns.models import Rule
     from consent.models import Action, ConsentEntry, Source
     from consent.services import consent_bulk_record
-    from patients.models import ClinicProfile, Patient
+    from patients.models import Appointment, ClinicProfile, Patient
     from reminders.models import OutboxMessage
 
     window = {"send_window_start": clock(0, 0), "send_window_end": clock(23, 59)}
@@ -95,6 +95,15 @@ def populate(count: int) -> None:
         entries=[ConsentEntry(patient=p, source=Source.PAPER_FORM, **grant) for p in patients]
     )
     rule = Rule.objects.get(name__startswith="回診通知")
+    # The gate drops a visit reminder whose appointment is gone: each has its own.
+    visit = now + timedelta(days=7)
+    appointments = Appointment.objects.bulk_create(
+        [
+            Appointment(patient=p, starts_at=visit, department="家醫科", doctor="王醫師")
+            for p in patients
+        ],
+        batch_size=1000,
+    )
     OutboxMessage.objects.bulk_create(
         [
             OutboxMessage(
@@ -107,8 +116,10 @@ def populate(count: int) -> None:
                 next_attempt_at=now,
                 expires_at=now + timedelta(hours=2),
                 body=f"王小姐您好，提醒您明天 10:30 家醫科回診。安心診所 ({p.chart_no})",
+                appointment=appointment,
+                anchor_at=visit,
             )
-            for p in patients
+            for p, appointment in zip(patients, appointments, strict=True)
         ],
         batch_size=1000,
     )

@@ -1,6 +1,6 @@
 """How fast the front desk's pages render, server-side, at 100,000 patients on PostgreSQL.
 
-    .venv/bin/python bench/desk.py [--patients 100000] [--appointments 300] [--runs 5]
+    .venv/bin/python bench/desk_pages.py [--patients 100000] [--appointments 300] [--runs 5]
 
 Uses bench/seed_demo.py's database (BENCH_DATABASE_URL, by default clinic_crm_bench): reused when
 it already holds --patients patients (migrated to the current code first), otherwise recreated,
