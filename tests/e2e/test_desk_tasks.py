@@ -84,7 +84,8 @@ def test_front_desk_closes_one_task_and_sends_another_to_tomorrow(browser, live_
     # marks the other "no answer, try again tomorrow"
     row = browser.find_element(By.ID, f"task-{no_channel.pk}")
     row.find_element(By.CSS_SELECTOR, "button.act-no-answer").click()
-    wait_until(lambda: "無人接聽" in browser.page_source, seconds=20)
+    # The button itself says 無人接聽: wait for the task, not for the words.
+    wait_until(lambda: StaffTask.objects.get(pk=no_channel.pk).tries == 1, seconds=20)
     no_channel.refresh_from_db()
     assert no_channel.tries == 1 and no_channel.due_on > today and no_channel.done_at is None
     row = browser.find_element(By.ID, f"task-{no_channel.pk}")
