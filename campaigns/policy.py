@@ -212,7 +212,10 @@ def send_decision(*, message: OutboxMessage, now: datetime, profile: ClinicProfi
         message.rule, message.appointment.status
     ):
         return _drop(SkipReason.ALREADY_CONFIRMED)
-    if over_cap(message.purpose, cap_count(message=message, at=now)):
+    # Only relationship messages are capped: a care reminder costs no count query.
+    if message.purpose == Purpose.RELATIONSHIP and over_cap(
+        message.purpose, cap_count(message=message, at=now)
+    ):
         return _drop(SkipReason.FREQUENCY_CAP)
     decision = channel_decision(message)
     if not decision.allowed:
