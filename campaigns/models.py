@@ -1,6 +1,7 @@
 from datetime import time
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -81,6 +82,21 @@ class Rule(models.Model):
         default=False,
         help_text=_("Post-op rules: also put a call task for day 1–3 in the staff inbox."),
     )
+    # The dashboard's measured effect: a share of patients, chosen by a stable hash of patient
+    # and rule, gets no message from this rule (a "holdout" skip), and their outcomes are the
+    # comparison group.
+    holdout_percent = models.PositiveSmallIntegerField(
+        _("holdout share (%)"),
+        default=0,
+        validators=[MaxValueValidator(50)],
+        help_text=_(
+            "This share of patients gets no message from this rule, so the dashboard can "
+            "compare them with those who did. 0 sends to everyone."
+        ),
+    )
+    # When the rule was last switched on: without a holdout the dashboard compares with the
+    # same weeks before this moment.
+    enabled_since = models.DateTimeField(_("switched on at"), null=True, blank=True)
 
     class Meta:
         ordering = ["priority", "name"]
@@ -166,6 +182,7 @@ class SkipReason(models.TextChoices):
     NO_OPEN_DAY = "no_open_day", _("no open day left before the visit to send it on")
     CHANNEL_NOT_CONFIGURED = "channel_off", _("channel not configured")
     ERASED = "erased", _("patient data erased")
+    HOLDOUT = "holdout", _("held out to measure the rule's effect")
 
 
 class Skip(models.Model):

@@ -70,6 +70,13 @@ class OutboxMessage(models.Model):
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
     delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
+    # When the patient answered this message (a confirmation reply, a button): the funnel's
+    # "replied" step.
+    replied_at = models.DateTimeField(_("replied at"), null=True, blank=True)
+    # What the message costs: SMS segments of the text on its current channel (1 for LINE and
+    # e-mail), and the recipient's country for the price per segment.
+    segments = models.PositiveSmallIntegerField(_("segments"), default=1)
+    country = models.CharField(_("country"), max_length=2, blank=True)
 
     class Meta:
         ordering = ["-due_at"]
@@ -215,6 +222,31 @@ class StaffTask(models.Model):
 
     def __str__(self) -> str:
         return self.get_kind_display()
+
+
+class TrackedLink(models.Model):
+    """A link in one message, sent as /r/<token>/ on our domain: the click is counted for the
+    message's rule, and the URL carries nothing about the patient."""
+
+    token = models.CharField(max_length=32, unique=True)
+    message = models.ForeignKey(
+        OutboxMessage, on_delete=models.CASCADE, related_name="tracked_links"
+    )
+    rule = models.ForeignKey(
+        "campaigns.Rule", on_delete=models.CASCADE, related_name="tracked_links"
+    )
+    url = models.URLField(_("link"), max_length=500)
+    created_at = models.DateTimeField(_("created at"))
+    clicks = models.PositiveIntegerField(_("clicks"), default=0)
+    first_clicked_at = models.DateTimeField(_("first clicked at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("tracked link")
+        verbose_name_plural = _("tracked links")
+        indexes = [models.Index(fields=["rule", "created_at"], name="link_rule_created")]
+
+    def __str__(self) -> str:
+        return self.url
 
 
 class WebhookEvent(models.Model):
