@@ -25,6 +25,9 @@ class Source(models.TextChoices):
     LINE_FOLLOW = "line_follow", _("LINE follow / unfollow")
     SMS_KEYWORD = "sms_keyword", _("SMS keyword")
     PATIENT_REQUEST = "patient_request", _("patient request")
+    # Explicit consent columns in an imported file (or Consent resources in a FHIR bundle); the
+    # file's checksum is the evidence. Consent is never inferred from an import.
+    IMPORT = "import", _("imported from the clinic's records")
 
 
 class ConsentEntry(AppendOnlyModel):
