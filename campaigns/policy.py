@@ -11,14 +11,27 @@ rule was switched off, and the gap between two messages to one patient.
 tests/campaigns/test_policy.py checks that both faces answer the same on the same data.
 """
 
+import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    Expression,
+    F,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.functions import Cast, Coalesce
+from django.db.models.lookups import LessThan
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -104,6 +117,63 @@ def over_cap(purpose: str, count: int | None) -> bool:
     )
 
 
+# --- the holdout --------------------------------------------------------------------------------
+# A rule with holdout_percent p sends nothing to a stable p % of its patients, the comparison
+# group of the dashboard. Who is held out is a hash of (patient id, rule id) computed the same in
+# SQL (the planner, the dashboard's set-based comparison) and in Python (the gate), so it must be
+# plain integer arithmetic both SQLite and PostgreSQL do exactly: no md5 (SQLite has none), no
+# MOD() (SQLite's is a float function), and every intermediate below 2**63 (PostgreSQL raises on
+# bigint overflow, SQLite silently turns the value into a float). Working modulo the prime
+# 2**31 - 1 keeps every product below 2**62.
+HOLDOUT_PRIME = 2_147_483_647
+HOLDOUT_BUCKETS = 100
+
+
+def _holdout_keys(rule_id: int) -> tuple[int, int, int]:
+    """The rule's own multiplier and offsets: a different rule holds out other patients. Taken
+    from sha256 (not Python's hash(), which changes between runs) so they never change."""
+    digest = hashlib.sha256(f"holdout:{rule_id}".encode()).digest()
+    a, b, c = (int.from_bytes(digest[i : i + 8], "big") for i in (0, 8, 16))
+    return 1 + a % (HOLDOUT_PRIME - 1), b % HOLDOUT_PRIME, c % HOLDOUT_PRIME
+
+
+def holdout_bucket(patient_id: int, rule_id: int) -> int:
+    """Per row: the patient's bucket (0–99) for the rule; held out when below the share."""
+    a, b, c = _holdout_keys(rule_id)
+    x = (patient_id % HOLDOUT_PRIME * a + b) % HOLDOUT_PRIME
+    # Squaring twice mixes the affine step, so that neighbouring ids land far apart.
+    x = (x * x + c) % HOLDOUT_PRIME
+    x = (x * x + b) % HOLDOUT_PRIME
+    return x % HOLDOUT_BUCKETS
+
+
+def holdout_bucket_expression(*, patient_ref: str, rule_id: int) -> Expression:
+    """Set-based: holdout_bucket as an SQL expression over the patient id at `patient_ref`."""
+    a, b, c = _holdout_keys(rule_id)
+    prime = Value(HOLDOUT_PRIME, output_field=BigIntegerField())
+    # The cast makes PostgreSQL do bigint arithmetic when the id column is an int4.
+    x: Any = Cast(F(patient_ref), BigIntegerField()) % prime * a + b
+    x = x % prime
+    x = (x * x + c) % prime
+    x = (x * x + b) % prime
+    return x % HOLDOUT_BUCKETS  # type: ignore[no-any-return]
+
+
+def is_held_out(rule: Rule, patient_id: int) -> bool:
+    """Per row: whether the patient is in `rule`'s comparison group (gets nothing from it)."""
+    return holdout_bucket(patient_id, rule.pk) < rule.holdout_percent
+
+
+def held_out_q(rule: Rule, *, patient_ref: str = "patient_id") -> Q:
+    """Set-based: a filter for the rows whose patient (at `patient_ref`) is held out of `rule`,
+    e.g. `Visit.objects.filter(held_out_q(rule))`; `~held_out_q(rule)` for the others. Matches
+    nothing when the rule holds out nobody."""
+    if rule.holdout_percent <= 0:
+        return Q(pk__in=[])
+    bucket = holdout_bucket_expression(patient_ref=patient_ref, rule_id=rule.pk)
+    return Q(LessThan(bucket, rule.holdout_percent))
+
+
 # --- the other shared checks ---------------------------------------------------------------------
 
 
@@ -149,6 +219,10 @@ def policy_annotations(*, rule: Rule, patient_ref: str, at: datetime) -> dict[st
     )
     if rule.purpose == Purpose.RELATIONSHIP:
         annotations["recent_relationship"] = cap_annotation(patient_ref=patient_ref, at=at)
+    if rule.holdout_percent > 0:
+        annotations["holdout_bucket"] = holdout_bucket_expression(
+            patient_ref=patient_ref, rule_id=rule.pk
+        )
     return annotations
 
 
@@ -193,6 +267,9 @@ def plan_decision(*, rule: Rule, due: Due, now: datetime, profile: ClinicProfile
     send_at = fit(max(due.due_at, now), due.expires_at, profile)
     if send_at is None:
         return Planned(skip=SkipReason.STALE)
+    # Last, so that the comparison group is exactly the patients who would have had it.
+    if row.get("holdout_bucket", HOLDOUT_BUCKETS) < rule.holdout_percent:
+        return Planned(skip=SkipReason.HOLDOUT)
     return Planned(channel=decision.reason, send_at=send_at)
 
 
@@ -223,6 +300,9 @@ def send_decision(*, message: OutboxMessage, now: datetime, profile: ClinicProfi
         if code == SkipReason.ERASED:
             return _drop(code)
         return Verdict(Action.SWITCH, str(code.label), code)
+    if is_held_out(message.rule, message.patient_id):
+        # The share was raised after this was queued: it stays out of the comparison group.
+        return _drop(SkipReason.HOLDOUT)
     opens = fit(now, message.expires_at, profile)
     if opens is None:
         return _drop(SkipReason.STALE)
