@@ -192,6 +192,11 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "clinic@localhost")
 EMAIL_TIMEOUT = 20  # Django's SMTP backend otherwise waits forever on a dead server
 
+# FHIR (manage.py import_fhir / export_fhir): the namespace of our chart numbers. TW Core gives a
+# medical record number (type MR) the system of the organisation that assigns it, e.g.
+# https://www.tph.mohw.gov.tw for 衛生福利部臺北醫院: set the clinic's own URL here.
+FHIR_CHART_NO_SYSTEM = env_str("FHIR_CHART_NO_SYSTEM", "urn:clinic-crm:chart-no")
+
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
