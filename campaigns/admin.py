@@ -21,6 +21,7 @@ from django_stubs_ext import StrOrPromise
 from campaigns.context import sample_context
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip
 from campaigns.preview import PLAN_DAYS, occurrence_label, patient_plan
+from campaigns.services import rule_note_switch_on
 from campaigns.templating import (
     BODY_MAX_CHARS,
     SUBJECT_MAX_CHARS,
@@ -181,6 +182,8 @@ class RuleForm(forms.ModelForm[Rule]):
             known = {value for value, _label in choices}
             kept = [name for name in (self.instance.departments or []) if name not in known]
             field.choices = [*choices, *[(name, name) for name in kept]]
+        if "holdout_percent" in self.fields:
+            self.fields["holdout_percent"].required = False
 
     class Meta:
         model = Rule
@@ -201,7 +204,13 @@ class RuleForm(forms.ModelForm[Rule]):
             "care_plan_key",
             "asks_confirmation",
             "staff_call",
+            "holdout_percent",
         ]
+
+    def clean_holdout_percent(self) -> int:
+        # Left empty, the share is none: everyone gets the rule's messages.
+        value: int | None = self.cleaned_data.get("holdout_percent")
+        return value or 0
 
     def _update_errors(self, errors: ValidationError) -> None:
         # Rule.clean judges the instance, which keeps its old value for a field whose input was
@@ -407,8 +416,16 @@ class RuleAdmin(admin.ModelAdmin[Rule]):
             },
         ),
         (_("Options"), {"fields": ["asks_confirmation", "staff_call"]}),
+        (_("Measuring"), {"fields": ["holdout_percent", "enabled_since"]}),
     ]
+    readonly_fields = ["enabled_since"]
     inlines = [MessageTemplateInline]
+
+    def save_model(self, request: HttpRequest, obj: Rule, form: Any, change: bool) -> None:
+        # Also the list page's "enabled" boxes come through here, one form per changed row.
+        was_enabled = bool(change and form.initial.get("enabled"))
+        rule_note_switch_on(obj, was_enabled=was_enabled, now=timezone.now())
+        super().save_model(request, obj, form, change)
 
     @admin.display(description=_("channel order"))
     def channels(self, obj: Rule) -> str:

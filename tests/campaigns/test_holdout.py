@@ -5,7 +5,9 @@ import datetime as dt
 import random
 
 import pytest
+import time_machine
 from django.db import transaction
+from django.urls import reverse
 from django.utils import translation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -216,3 +218,135 @@ def test_the_patient_page_shows_a_held_out_patient_as_in_the_comparison_group(cl
     with translation.override("zh-hant"):
         assert "列入對照組" in held_rows[0].reason_label
     assert [(row.skip, row.channel) for row in kept_rows] == [(None, "sms")]
+
+
+# --- when a rule was switched on ------------------------------------------------------------
+
+
+@pytest.fixture
+def manager(client, manager_user):
+    client.force_login(manager_user)
+    return client
+
+
+def _list_post(rules: list[Rule], enabled: set[int]) -> dict:
+    data = {
+        "form-TOTAL_FORMS": str(len(rules)),
+        "form-INITIAL_FORMS": str(len(rules)),
+        "_save": "Save",
+    }
+    for index, each in enumerate(rules):
+        data[f"form-{index}-id"] = str(each.pk)
+        if each.pk in enabled:
+            data[f"form-{index}-enabled"] = "on"
+    return data
+
+
+def test_switching_a_rule_on_in_the_list_notes_when_and_keeping_it_on_does_not(manager):
+    # given one rule off and the others on since a known time
+    rules = list(Rule.objects.all())
+    earlier = taipei(2026, 1, 1, 9, 0)
+    Rule.objects.update(enabled=True, enabled_since=earlier)
+    birthday = Rule.objects.get(name__startswith="生日祝福")
+    Rule.objects.filter(pk=birthday.pk).update(enabled=False)
+    every = {rule.pk for rule in rules}
+
+    # when the manager ticks it on from the list
+    with time_machine.travel(taipei(2026, 12, 3, 9, 0), tick=False):
+        response = manager.post(
+            reverse("admin:campaigns_rule_changelist"), _list_post(rules, every)
+        )
+
+    # then it was switched on now, and the others keep their time
+    assert response.status_code == 302
+    birthday.refresh_from_db()
+    assert birthday.enabled and birthday.enabled_since == taipei(2026, 12, 3, 9, 0)
+    assert set(Rule.objects.exclude(pk=birthday.pk).values_list("enabled_since", flat=True)) == {
+        earlier
+    }
+
+
+def test_a_rule_saved_while_on_keeps_its_switch_on_time_and_a_new_one_gets_one(manager):
+    from tests.campaigns.test_admin import change_post, new_rule_post
+
+    rule = Rule.objects.get(name__startswith="生日祝福")
+    earlier = taipei(2026, 1, 1, 9, 0)
+    Rule.objects.filter(pk=rule.pk).update(enabled=True, enabled_since=earlier)
+    rule.refresh_from_db()
+
+    with time_machine.travel(taipei(2026, 12, 3, 9, 0), tick=False):
+        changed = manager.post(
+            reverse("admin:campaigns_rule_change", args=[rule.pk]),
+            change_post(rule, priority="7", holdout_percent="10"),
+        )
+        added = manager.post(reverse("admin:campaigns_rule_add"), new_rule_post())
+
+    assert changed.status_code == 302 and added.status_code == 302
+    rule.refresh_from_db()
+    assert (rule.priority, rule.holdout_percent, rule.enabled_since) == (7, 10, earlier)
+    new = Rule.objects.get(name="Test reminder")
+    assert new.enabled_since == taipei(2026, 12, 3, 9, 0) and new.holdout_percent == 0
+
+
+def test_a_holdout_over_half_is_refused(manager):
+    from tests.campaigns.test_admin import change_post
+
+    rule = Rule.objects.get(name__startswith="生日祝福")
+
+    response = manager.post(
+        reverse("admin:campaigns_rule_change", args=[rule.pk]),
+        change_post(rule, holdout_percent="60"),
+    )
+
+    assert response.status_code == 200
+    assert "holdout_percent" in response.context["adminform"].form.errors
+    rule.refresh_from_db()
+    assert rule.holdout_percent == 0
+
+
+def test_the_rule_page_shows_the_holdout_share_with_its_help_and_the_switch_on_time(manager):
+    rule = Rule.objects.get(name__startswith="生日祝福")
+    Rule.objects.filter(pk=rule.pk).update(enabled_since=taipei(2026, 1, 2, 9, 30))
+
+    with translation.override("zh-hant"):
+        page = manager.get(
+            reverse("admin:campaigns_rule_change", args=[rule.pk]), HTTP_ACCEPT_LANGUAGE="zh-hant"
+        ).content.decode()
+
+    assert 'name="holdout_percent"' in page
+    assert "對照組比例" in page
+    assert 'name="enabled_since"' not in page  # shown, not editable
+    assert "2026" in page.split("啟用時間", 1)[1][:400]
+
+
+def test_the_backfill_gives_rules_already_on_the_time_of_their_first_message(clinic):
+    from importlib import import_module
+
+    from django.apps import apps
+
+    backfill = import_module("campaigns.migrations.0007_enabled_since_backfill").backfill
+    with_messages, without, off = Rule.objects.order_by("pk")[:3]
+    Rule.objects.update(enabled_since=None, enabled=True)
+    Rule.objects.filter(pk=off.pk).update(enabled=False)
+    patient = PatientFactory()
+    for day in (5, 3):
+        message = OutboxMessage.objects.create(
+            rule=with_messages,
+            patient=patient,
+            occurrence_key=f"m{day}",
+            purpose=Purpose.CARE,
+            channel="sms",
+            due_at=BIRTHDAY,
+            next_attempt_at=BIRTHDAY,
+            expires_at=BIRTHDAY,
+            body="x",
+        )
+        OutboxMessage.objects.filter(pk=message.pk).update(created_at=taipei(2026, 5, day, 9, 0))
+
+    with time_machine.travel(taipei(2026, 12, 3, 9, 0), tick=False):
+        backfill(apps, None)
+
+    since = dict(Rule.objects.values_list("pk", "enabled_since"))
+    assert since[with_messages.pk] == taipei(2026, 5, 3, 9, 0)
+    assert since[without.pk] == taipei(2026, 12, 3, 9, 0)
+    assert since[off.pk] is None
