@@ -1,0 +1,217 @@
+"""The week ahead: how many messages each enabled rule will send on each of the coming days.
+
+A dry run of the planner over the whole clinic, for the manager's dashboard: nothing is written.
+Two parts, added without counting one message twice:
+
+- what is already in the outbox waiting to go (queued), on the day it is set to go out;
+- what the planner has not queued yet: each rule's own due set (campaigns.planner.due_set) as
+  the planner will select it when each coming day begins (today: at `now`), decided by the
+  send policy's own set-based face (campaigns.policy.plan_decision), counted on the clinic-local
+  day of the send time it chooses (closed days and the send window moved it there). An
+  occurrence already in the outbox (queued, sent or dropped) is left out, as the planner leaves
+  it out; one the forecast itself counted on an earlier day is not counted again.
+
+Due rows are streamed (`.iterator()`) and only counted; the one set kept is the occurrences
+counted for the rule in hand, and only for the kinds that select one occurrence on several
+days (see `_repeats`).
+
+What is approximated, and how:
+- consent, contact points, audience, the holdout and closed days are exactly the planner's;
+- the frequency cap counts what the outbox holds at each day's start, not the relationship
+  messages this forecast plans for the days before it (a patient with two birthday-like
+  messages due in one week may be counted twice where the planner would cap the second);
+- the template: a channel counts when the rule has a template for it in the patient's
+  language or in zh-Hant (the planner's fallback); a template that fails to render or is too
+  long for the channel (a skip at planning time) is not foreseen and counts as sent;
+- appointments booked, records added or consent changed after `now` are not known yet;
+- a queued message counts on the day of its next attempt (or today when that has passed),
+  although the gate may still drop it (consent withdrawn, appointment cancelled).
+"""
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from itertools import islice
+from typing import Any
+
+from django.db.models import Count, F, QuerySet
+from django.db.models.functions import Greatest, TruncDate
+from django.utils import timezone
+
+from campaigns.kinds import KINDS, Due
+from campaigns.models import MessageTemplate, Rule, RuleKind
+from campaigns.planner import BATCH, _existing_keys, due_set
+from campaigns.policy import plan_decision
+from campaigns.sendwindow import at_local
+from consent.selectors import patient_prefix
+from patients.models import ClinicProfile
+from reminders.models import OutboxMessage, Status
+
+FALLBACK_LANGUAGE = "zh-hant"  # the planner's template fallback (campaigns.planner._texts)
+# The kinds whose due rows name an appointment: the only ones a department or doctor filter
+# can select (other kinds are about a birthday, a discharge or a prescription, not a doctor).
+BY_APPOINTMENT = {RuleKind.APPOINTMENT}
+
+
+@dataclass(frozen=True)
+class ForecastRow:
+    """How many messages `rule_id` will send on `channel` on the clinic-local `day`."""
+
+    rule_id: int
+    day: date
+    channel: str
+    messages: int
+
+
+Key = tuple[int, date, str]  # rule id, day, channel
+
+
+def week_ahead(
+    *,
+    now: datetime,
+    days: int = 7,
+    rule_ids: Iterable[int] | None = None,
+    channel: str | None = None,
+    department: str | None = None,
+    doctor: str | None = None,
+) -> list[ForecastRow]:
+    """Messages per enabled rule, clinic-local day and channel, from today through the next
+    `days` days (today included), sorted by rule, day and channel; days without any are left
+    out. `department` and `doctor` keep only appointment messages of that department or
+    doctor. Writes nothing. Raises ValueError when `days` is not positive."""
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    today = timezone.localdate(now)
+    last = today + timedelta(days=days - 1)
+    rules = Rule.objects.filter(enabled=True).prefetch_related("conditions")
+    if rule_ids is not None:
+        rules = rules.filter(pk__in=list(rule_ids))
+    counts: Counter[Key] = Counter()
+    _count_queued(counts, rules, now=now, last=last, filters=(channel, department, doctor))
+    profile = ClinicProfile.load()
+    # The planner runs every few minutes: each later day is decided as that day begins.
+    moments = [now] + [at_local(today + timedelta(days=i), time.min) for i in range(1, days)]
+    for rule in rules:
+        if (department or doctor) and rule.kind not in BY_APPOINTMENT:
+            continue
+        _count_dues(
+            counts,
+            rule,
+            moments=moments,
+            profile=profile,
+            last=last,
+            channel=channel,
+            department=department,
+            doctor=doctor,
+        )
+    return [
+        ForecastRow(rule_id, day, on, n)
+        for (rule_id, day, on), n in sorted(counts.items())
+        if n > 0
+    ]
+
+
+def _count_queued(
+    counts: Counter[Key],
+    rules: QuerySet[Rule],
+    *,
+    now: datetime,
+    last: date,
+    filters: tuple[str | None, str | None, str | None],
+) -> None:
+    """Add the outbox's queued messages, one aggregate query: those of enabled rules still
+    useful now, on the day they are set to go out (today if that moment has passed)."""
+    channel, department, doctor = filters
+    end = at_local(last + timedelta(days=1), time.min)
+    queued = OutboxMessage.objects.filter(
+        status=Status.QUEUED,
+        rule__in=rules.values("pk"),
+        next_attempt_at__lt=end,
+        expires_at__gt=now,
+    )
+    if channel:
+        queued = queued.filter(channel=channel)
+    if department:
+        queued = queued.filter(appointment__department=department)
+    if doctor:
+        queued = queued.filter(appointment__doctor=doctor)
+    rows = (
+        queued.annotate(
+            day=TruncDate(Greatest("next_attempt_at", now), tzinfo=timezone.get_current_timezone())
+        )
+        .order_by()
+        .values("rule_id", "day", "channel")
+        .annotate(n=Count("id"))
+    )
+    for row in rows:
+        counts[row["rule_id"], row["day"], row["channel"]] += row["n"]
+
+
+def _count_dues(
+    counts: Counter[Key],
+    rule: Rule,
+    *,
+    moments: list[datetime],
+    profile: ClinicProfile,
+    last: date,
+    channel: str | None,
+    department: str | None,
+    doctor: str | None,
+) -> None:
+    """Add what the planner would queue for `rule` at each of `moments` and has not yet."""
+    templates = set(MessageTemplate.objects.filter(rule=rule).values_list("channel", "language"))
+    counted: set[tuple[int, str]] = set()  # (patient, occurrence) this forecast counted
+    repeats = _repeats(rule)
+    for moment in moments:
+        dues = _dues(rule, now=moment, profile=profile, department=department, doctor=doctor)
+        while batch := list(islice(dues, BATCH)):
+            existing = _existing_keys(rule, {due.row["pid"] for due in batch})
+            for due in batch:
+                key = (due.row["pid"], due.occurrence_key)
+                if key in existing or key in counted:
+                    continue
+                decision = plan_decision(rule=rule, due=due, now=moment, profile=profile)
+                if decision.skip is not None or decision.send_at is None:
+                    continue
+                on = decision.channel
+                language = due.row["language"]
+                if (on, language) not in templates and (on, FALLBACK_LANGUAGE) not in templates:
+                    continue  # the planner skips it: no template for the channel
+                day = timezone.localdate(decision.send_at)
+                if day > last or (channel and on != channel):
+                    continue
+                counts[rule.pk, day, on] += 1
+                if repeats:
+                    counted.add(key)
+
+
+def _repeats(rule: Rule) -> bool:
+    """Whether one occurrence of `rule` can be due on more than one day: the planner queues it
+    on the first and finds it in the outbox after, so the forecast must remember it. Recall
+    keeps a patient due through its grace days; a dose near midnight is due from two days; a
+    birthday or appointment key does not name the offset, so two offsets meet on one key."""
+    if rule.kind in (RuleKind.RECALL, RuleKind.DOSE):
+        return True
+    return rule.kind in (RuleKind.BIRTHDAY, RuleKind.APPOINTMENT) and len(rule.offsets) > 1
+
+
+def _dues(
+    rule: Rule,
+    *,
+    now: datetime,
+    profile: ClinicProfile,
+    department: str | None,
+    doctor: str | None,
+) -> Iterator[Due]:
+    """The planner's due set for `rule` at `now`, with the patient's language, streamed."""
+    rows, expand = due_set(rule, now=now, profile=profile)
+    ref = KINDS[rule.kind].select(rule, timezone.localdate(now), now, profile).patient_ref
+    rows = rows.annotate(language=F(f"{patient_prefix(ref)}preferred_language"))
+    if department:
+        rows = rows.filter(department=department)
+    if doctor:
+        rows = rows.filter(doctor=doctor)
+    row: dict[str, Any]
+    for row in rows.order_by().iterator(chunk_size=BATCH):
+        yield from expand(row)
