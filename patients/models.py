@@ -334,6 +334,15 @@ class Visit(models.Model):
         ],
     )
     note = EncryptedTextField(_("note"), blank=True)
+    # The HIS's own number for the row, when its export has one: a re-import matches on it.
+    external_id = models.CharField(
+        _("HIS visit number"),
+        max_length=64,
+        unique=True,
+        null=True,
+        blank=True,
+        validators=[validate_single_line],
+    )
 
     class Meta:
         ordering = ["-visited_on"]
@@ -406,6 +415,15 @@ class Prescription(models.Model):
         help_text=_("Only when the patient asked for a text before every dose."),
     )
     refill_reminders = models.BooleanField(_("remind refill pickups"), default=True)
+    # The HIS's own number for the row, when its export has one: a re-import matches on it.
+    external_id = models.CharField(
+        _("HIS prescription number"),
+        max_length=64,
+        unique=True,
+        null=True,
+        blank=True,
+        validators=[validate_single_line],
+    )
 
     class Meta:
         ordering = ["-start_date"]
@@ -481,6 +499,15 @@ class Procedure(models.Model):
         blank=True,
         help_text=_("Which post-op care rule applies, for example cataract or colonoscopy."),
     )
+    # The HIS's own number for the row, when its export has one: a re-import matches on it.
+    external_id = models.CharField(
+        _("HIS procedure number"),
+        max_length=64,
+        unique=True,
+        null=True,
+        blank=True,
+        validators=[validate_single_line],
+    )
 
     class Meta:
         ordering = ["-performed_at"]
@@ -530,6 +557,16 @@ class Appointment(models.Model):
     status = models.CharField(
         _("status"), max_length=10, choices=Status.choices, default=Status.BOOKED
     )
+    # The HIS's booking number: a re-imported feed updates the same appointment, and a booking
+    # gone from a full-day feed is found and cancelled (patients.imports).
+    external_id = models.CharField(
+        _("HIS booking number"),
+        max_length=64,
+        unique=True,
+        null=True,
+        blank=True,
+        validators=[validate_single_line],
+    )
     # How the patient confirmed: the day view shows it, and the front desk phones the rest.
     confirmed_via = models.CharField(
         _("confirmed via"), max_length=10, choices=ConfirmedVia.choices, blank=True
@@ -556,6 +593,7 @@ class AuditEntry(AppendOnlyModel):
         SEARCH = "search", _("searched")
         EXPORT = "export", _("exported")
         ERASE = "erase", _("erased")
+        IMPORT = "import", _("imported")
 
     at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)
     actor = models.ForeignKey(
@@ -605,3 +643,107 @@ class AuditLink(AppendOnlyModel):
 
     def __str__(self):
         return str(self.patient_uuid)
+
+
+class ImportKind(models.TextChoices):
+    """What one tabular import file holds (patients.imports.kinds declares each kind's columns)."""
+
+    PATIENTS = "patients", _("patients")
+    VISITS = "visits", _("visits")
+    PRESCRIPTIONS = "prescriptions", _("prescriptions")
+    PROCEDURES = "procedures", _("procedures")
+    APPOINTMENTS = "appointments", _("appointments")
+
+
+class ImportMapping(models.Model):
+    """A saved column → field mapping for one source (the clinic's HIS export), reused by the
+    command line, the admin page and the daily feed."""
+
+    name = models.CharField(_("name"), max_length=100, unique=True, validators=[validate_single_line])
+    kind = models.CharField(_("records"), max_length=16, choices=ImportKind.choices)
+    source = models.CharField(
+        _("source"),
+        max_length=100,
+        blank=True,
+        help_text=_("Which system the files come from, for example the HIS's name."),
+        validators=[validate_single_line],
+    )
+    # {"file's column header": "field name" or ""}: "" leaves a column out on purpose.
+    columns = models.JSONField(_("columns"), default=dict)
+    encoding = models.CharField(
+        _("encoding"),
+        max_length=20,
+        blank=True,
+        help_text=_("Left empty, the encoding is detected from the file."),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("import mapping")
+        verbose_name_plural = _("import mappings")
+
+    def __str__(self):
+        return self.name
+
+
+class ImportRun(models.Model):
+    """One import of one file: what it did, or why it did nothing. Row errors are kept masked."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        RUNNING = "running", _("running")
+        DONE = "done", _("done")
+        FAILED = "failed", _("failed")
+        # Bad rows in an all-or-nothing run, or too many rejects for a feed: nothing written.
+        REJECTED = "rejected", _("rejected")
+
+    kind = models.CharField(_("records"), max_length=16, choices=ImportKind.choices)
+    file_name = models.CharField(_("file name"), max_length=255, validators=[validate_single_line])
+    checksum = models.CharField(_("SHA-256 checksum"), max_length=64, blank=True, db_index=True)
+    encoding = models.CharField(_("encoding"), max_length=20, blank=True)
+    mapping = models.ForeignKey(
+        ImportMapping,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="runs",
+        verbose_name=_("import mapping"),
+    )
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED
+    )
+    dry_run = models.BooleanField(_("dry run"), default=False)
+    all_or_nothing = models.BooleanField(_("all or nothing"), default=True)
+    full_day = models.BooleanField(_("full-day feed"), default=False)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        verbose_name=_("started by"),
+    )
+    queued_at = models.DateTimeField(_("queued at"), default=timezone.now)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    # Rows read so far, written every batch: the admin's progress display reads it.
+    progress = models.PositiveIntegerField(_("rows read"), default=0)
+    rows_total = models.PositiveIntegerField(_("rows"), default=0)
+    added = models.PositiveIntegerField(_("added"), default=0)
+    updated = models.PositiveIntegerField(_("updated"), default=0)
+    unchanged = models.PositiveIntegerField(_("unchanged"), default=0)
+    rejected = models.PositiveIntegerField(_("rejected"), default=0)
+    cancelled = models.PositiveIntegerField(_("appointments cancelled"), default=0)
+    summary = models.CharField(_("summary"), max_length=500, blank=True)
+    # The first row errors (row, column, masked value, reason): never a whole value.
+    errors = models.JSONField(_("row errors"), default=list, blank=True)
+    rejects_file = models.CharField(_("rejected rows file"), max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        verbose_name = _("import run")
+        verbose_name_plural = _("import runs")
+
+    def __str__(self):
+        return f"{self.file_name} {self.get_status_display()}"
