@@ -108,6 +108,9 @@ def reply_handle(
     request = _answered_request(patients, inbound.channel, now)
     if request is None:
         return ReplyOutcome.IGNORED
+    # The dashboard's "replied" step: the first answer counts, a later change of mind does not
+    # move it.
+    OutboxMessage.objects.filter(pk=request.pk, replied_at__isnull=True).update(replied_at=now)
     if text == CONFIRM:
         # The appointment the request was about (OutboxMessage.appointment, reversed).
         Appointment.objects.filter(outboxmessage=request, status=Appointment.Status.BOOKED).update(
