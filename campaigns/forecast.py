@@ -35,7 +35,7 @@ from datetime import date, datetime, time, timedelta
 from itertools import islice
 from typing import Any
 
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.db.models.functions import Greatest, TruncDate
 from django.utils import timezone
 
@@ -45,13 +45,10 @@ from campaigns.planner import BATCH, _existing_keys, due_set
 from campaigns.policy import plan_decision
 from campaigns.sendwindow import at_local
 from consent.selectors import patient_prefix
-from patients.models import ClinicProfile
+from patients.models import Appointment, ClinicProfile, Visit
 from reminders.models import OutboxMessage, Status
 
 FALLBACK_LANGUAGE = "zh-hant"  # the planner's template fallback (campaigns.planner._texts)
-# The kinds whose due rows name an appointment: the only ones a department or doctor filter
-# can select (other kinds are about a birthday, a discharge or a prescription, not a doctor).
-BY_APPOINTMENT = {RuleKind.APPOINTMENT}
 
 
 @dataclass(frozen=True)
@@ -78,8 +75,9 @@ def week_ahead(
 ) -> list[ForecastRow]:
     """Messages per enabled rule, clinic-local day and channel, from today through the next
     `days` days (today included), sorted by rule, day and channel; days without any are left
-    out. `department` and `doctor` keep only appointment messages of that department or
-    doctor. Writes nothing. Raises ValueError when `days` is not positive."""
+    out. `department` and `doctor` keep the patients with a visit or an appointment of that
+    department or doctor (the dashboard's definition: a birthday names no doctor). Writes
+    nothing. Raises ValueError when `days` is not positive."""
     if days < 1:
         raise ValueError("days must be at least 1")
     today = timezone.localdate(now)
@@ -88,13 +86,12 @@ def week_ahead(
     if rule_ids is not None:
         rules = rules.filter(pk__in=list(rule_ids))
     counts: Counter[Key] = Counter()
-    _count_queued(counts, rules, now=now, last=last, filters=(channel, department, doctor))
+    patients = _patients(department=department, doctor=doctor)
+    _count_queued(counts, rules, now=now, last=last, channel=channel, patients=patients)
     profile = ClinicProfile.load()
     # The planner runs every few minutes: each later day is decided as that day begins.
     moments = [now] + [at_local(today + timedelta(days=i), time.min) for i in range(1, days)]
     for rule in rules:
-        if (department or doctor) and rule.kind not in BY_APPOINTMENT:
-            continue
         _count_dues(
             counts,
             rule,
@@ -102,8 +99,7 @@ def week_ahead(
             profile=profile,
             last=last,
             channel=channel,
-            department=department,
-            doctor=doctor,
+            patients=patients,
         )
     return [
         ForecastRow(rule_id, day, on, n)
@@ -112,17 +108,39 @@ def week_ahead(
     ]
 
 
+@dataclass(frozen=True)
+class Patients:
+    """The patients with a visit or appointment of a department and doctor (either may be
+    empty), as a filter on any path to the patient id."""
+
+    where: dict[str, str]
+
+    def q(self, ref: str) -> Q:
+        visits = Visit.objects.filter(**self.where).values("patient_id")
+        appointments = Appointment.objects.filter(**self.where).values("patient_id")
+        return Q(**{f"{ref}__in": visits}) | Q(**{f"{ref}__in": appointments})
+
+
+def _patients(*, department: str | None, doctor: str | None) -> Patients | None:
+    if not (department or doctor):
+        return None
+    where = {"department": department} if department else {}
+    if doctor:
+        where["doctor"] = doctor
+    return Patients(where)
+
+
 def _count_queued(
     counts: Counter[Key],
     rules: QuerySet[Rule],
     *,
     now: datetime,
     last: date,
-    filters: tuple[str | None, str | None, str | None],
+    channel: str | None,
+    patients: Patients | None,
 ) -> None:
     """Add the outbox's queued messages, one aggregate query: those of enabled rules still
     useful now, on the day they are set to go out (today if that moment has passed)."""
-    channel, department, doctor = filters
     end = at_local(last + timedelta(days=1), time.min)
     queued = OutboxMessage.objects.filter(
         status=Status.QUEUED,
@@ -132,10 +150,8 @@ def _count_queued(
     )
     if channel:
         queued = queued.filter(channel=channel)
-    if department:
-        queued = queued.filter(appointment__department=department)
-    if doctor:
-        queued = queued.filter(appointment__doctor=doctor)
+    if patients is not None:
+        queued = queued.filter(patients.q("patient_id"))
     rows = (
         queued.annotate(
             day=TruncDate(Greatest("next_attempt_at", now), tzinfo=timezone.get_current_timezone())
@@ -156,15 +172,14 @@ def _count_dues(
     profile: ClinicProfile,
     last: date,
     channel: str | None,
-    department: str | None,
-    doctor: str | None,
+    patients: Patients | None,
 ) -> None:
     """Add what the planner would queue for `rule` at each of `moments` and has not yet."""
     templates = set(MessageTemplate.objects.filter(rule=rule).values_list("channel", "language"))
     counted: set[tuple[int, str]] = set()  # (patient, occurrence) this forecast counted
     repeats = _repeats(rule)
     for moment in moments:
-        dues = _dues(rule, now=moment, profile=profile, department=department, doctor=doctor)
+        dues = _dues(rule, now=moment, profile=profile, patients=patients)
         while batch := list(islice(dues, BATCH)):
             existing = _existing_keys(rule, {due.row["pid"] for due in batch})
             for due in batch:
@@ -201,17 +216,14 @@ def _dues(
     *,
     now: datetime,
     profile: ClinicProfile,
-    department: str | None,
-    doctor: str | None,
+    patients: Patients | None,
 ) -> Iterator[Due]:
     """The planner's due set for `rule` at `now`, with the patient's language, streamed."""
     rows, expand = due_set(rule, now=now, profile=profile)
     ref = KINDS[rule.kind].select(rule, timezone.localdate(now), now, profile).patient_ref
     rows = rows.annotate(language=F(f"{patient_prefix(ref)}preferred_language"))
-    if department:
-        rows = rows.filter(department=department)
-    if doctor:
-        rows = rows.filter(doctor=doctor)
+    if patients is not None:
+        rows = rows.filter(patients.q(ref))
     row: dict[str, Any]
     for row in rows.order_by().iterator(chunk_size=BATCH):
         yield from expand(row)

@@ -15,9 +15,16 @@ from django.test.utils import CaptureQueriesContext
 from campaigns.forecast import ForecastRow, week_ahead
 from campaigns.models import Rule, Skip
 from consent.models import Channel, Purpose
+from patients.models import Patient
 from patients.services import prescription_sync_refills
 from reminders.models import OutboxMessage, StaffTask, Status
-from tests.factories import AppointmentFactory, PatientFactory, PrescriptionFactory, grant
+from tests.factories import (
+    AppointmentFactory,
+    PatientFactory,
+    PrescriptionFactory,
+    VisitFactory,
+    grant,
+)
 from tests.helpers import plan, taipei
 
 pytestmark = pytest.mark.django_db
@@ -128,6 +135,8 @@ def test_the_forecast_writes_nothing(week):
 
 def test_filters_narrow_the_forecast(week):
     appointment_rule = week["回診確認"]
+    birthday = Patient.objects.get(birth_date=dt.date(1970, 12, 5))
+    VisitFactory(patient=birthday, department="眼科", visited_on=dt.date(2026, 11, 2))
 
     by_rule = week_ahead(now=NOW, rule_ids=[appointment_rule.pk])
     by_doctor = week_ahead(now=NOW, doctor="李醫師")
@@ -137,8 +146,14 @@ def test_filters_narrow_the_forecast(week):
     assert {row.rule_id for row in by_rule} == {appointment_rule.pk}
     assert sum(row.messages for row in by_rule) == 4
     assert by_doctor == [ForecastRow(appointment_rule.pk, day(5), "sms", 1)]
-    assert sum(row.messages for row in by_department) == 4  # appointments only
+    # Patients with a visit or appointment there: the appointments' (all 家醫科), not the
+    # birthday or refill patients.
+    assert sum(row.messages for row in by_department) == 4
     assert by_other_channel == []
+    # A birthday names no doctor, but the patient was seen in 眼科.
+    assert week_ahead(now=NOW, department="眼科") == [
+        ForecastRow(week["生日祝福"].pk, day(5), "sms", 1)
+    ]
 
 
 def test_a_shorter_horizon_stops_at_its_last_day(week):
