@@ -1,5 +1,6 @@
 """Settings: every value comes from the environment (see .env.example)."""
 
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -171,6 +172,27 @@ REMINDER_CHANNELS = {
 RELATIONSHIP_MESSAGES_PER_30_DAYS = int(env_str("RELATIONSHIP_MESSAGES_PER_30_DAYS", "2"))
 MESSAGE_GAP_MINUTES = int(env_str("MESSAGE_GAP_MINUTES", "30"))
 SMS_MAX_SEGMENTS = int(env_str("SMS_MAX_SEGMENTS", "6"))
+
+# What messages cost, for the dashboard (campaigns/costs.py), in NT$. SMS per segment by the
+# recipient's country ("TW=1.5,US=0.3"; Taiwan gateways ask about NT$0.7-1.5 per 70-character
+# segment, Twilio about US$0.08: set your contract's), SMS_PRICE_DEFAULT for other countries.
+SMS_PRICE_PER_SEGMENT = {
+    code.strip().upper(): Decimal(price)
+    for code, _, price in (
+        item.partition("=") for item in env_list("SMS_PRICE_PER_SEGMENT", "TW=1.5")
+    )
+}
+SMS_PRICE_DEFAULT = Decimal(env_str("SMS_PRICE_DEFAULT", "3"))
+# LINE official accounts in Taiwan (tw.linebiz.com, rates since September 2023): the free plan
+# sends 200 push messages a month and can't buy more; the NT$1,200 plan has 6,000 and extra
+# messages from NT$0.2 each, cheaper by volume.
+LINE_MONTHLY_ALLOWANCE = int(env_str("LINE_MONTHLY_ALLOWANCE", "200"))
+LINE_PRICE_PER_MESSAGE = Decimal(env_str("LINE_PRICE_PER_MESSAGE", "0.2"))
+EMAIL_PRICE = Decimal(env_str("EMAIL_PRICE", "0"))
+# Where patients open a message's tracked links: https://<SITE_URL>/r/<token>/ (reminders/urls.py).
+# No default: a template with a link is refused, and planning it fails, until this is set, so a
+# patient never gets a localhost or relative link. In production it must be https.
+SITE_URL = env_str("SITE_URL").rstrip("/")
 # A claimed message whose sender has been silent this long is settled by recovery. Longer
 # than any one send can take (provider timeouts are 15-20 s).
 DISPATCH_CLAIM_LEASE_SECONDS = int(env_str("DISPATCH_CLAIM_LEASE_SECONDS", "300"))
