@@ -19,6 +19,7 @@ import csv
 import datetime as dt
 import enum
 import html
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -132,12 +133,29 @@ def export_response(
         language, export_rows(model_admin=model_admin, queryset=queryset, columns=columns)
     )
     header = [column.label for column in columns]
+    return table_response(
+        title=str(opts.verbose_name_plural), header=header, rows=rows, fmt=fmt, filename=filename
+    )
+
+
+def table_response(
+    *,
+    title: str,
+    header: list[str],
+    rows: Iterable[list[Cell]],
+    fmt: ExportFormat,
+    filename: str,
+) -> StreamingHttpResponse | FileResponse:
+    """Any table as a CSV (UTF-8 with BOM, streamed) or XLSX download. The shared writer of
+    the admin's exports and the dashboard's tables; string cells are neutralised here (once
+    more is harmless: an apostrophe starts no formula). Auditing is the caller's business."""
+    safe = ([cell_neutralise(c) if isinstance(c, str) else c for c in row] for row in rows)
     if fmt is ExportFormat.CSV:
-        response = StreamingHttpResponse(_csv_lines(header, rows), content_type="text/csv")
+        response = StreamingHttpResponse(_csv_lines(header, safe), content_type="text/csv")
         response["Content-Disposition"] = content_disposition_header(True, filename)
         return response
     return FileResponse(
-        _xlsx_file(str(opts.verbose_name_plural), header, rows),
+        _xlsx_file(title, header, safe),
         as_attachment=True,
         filename=filename,
         content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -267,7 +285,8 @@ def _csv_lines(header: list[str], rows: Iterable[list[Cell]]) -> Iterator[bytes]
 def _xlsx_file(title: str, header: list[str], rows: Iterable[list[Cell]]) -> Any:
     """The workbook in a temporary file: openpyxl's write-only mode streams rows to disk."""
     book = Workbook(write_only=True)
-    sheet = book.create_sheet(title=title[:31])  # Excel's limit on a sheet's name
+    # Excel refuses these in a sheet's name, and more than 31 characters.
+    sheet = book.create_sheet(title=re.sub(r"[\\/*?:\[\]]", " ", title)[:31].strip() or "1")
     sheet.append(header)
     for row in rows:
         cells = []

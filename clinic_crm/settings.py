@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "campaigns",
     "reminders",
     "desk",
+    "dashboard",
 ]
 
 MIDDLEWARE = [

@@ -11,4 +11,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("webhooks/", include("reminders.urls")),
     path("desk/", include("desk.urls")),
+    path("dashboard/", include("dashboard.urls")),
 ]

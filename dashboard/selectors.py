@@ -1,0 +1,629 @@
+"""What the manager's dashboard reads: every figure is a SQL aggregate (conditional Count/Sum,
+TruncWeek) over the outbox, the skips, appointments, refill windows, tasks and the consent
+ledger, in a fixed number of queries whatever the number of rows. Python only does arithmetic
+on the few totals that come back, and loops over rules and templates (tens), never over
+patients or messages.
+
+Which rows a filter selects, once for every section:
+- the date range: a message by its due time, a skip by when it was recorded, an appointment by
+  its start, a consent withdrawal by when it was recorded;
+- rule and channel: the message's own; a skip has no channel, so with a channel chosen only the
+  skips of rules that list that channel count;
+- department and doctor: the patient has a visit or an appointment with that department or
+  doctor (one definition for messages, skips and consent alike, since a skip and a birthday
+  greeting name no department).
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    F,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Cast, StrIndex, Substr, TruncWeek
+from django.utils import timezone
+
+from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
+from campaigns.templating import sms_size
+from consent.models import Action, Channel, ConsentEntry, ConsentState, Purpose
+from dashboard.filters import Filters
+from dashboard.stats import Effect, relative_risk
+from patients.models import Appointment, RefillWindow, Visit
+from reminders.models import OutboxMessage, StaffTask, Status
+
+APPOINTMENT_KINDS = {RuleKind.APPOINTMENT}
+REFILL_KINDS = {RuleKind.REFILL_OPENS, RuleKind.REFILL_CLOSES}
+RECALL_KINDS = {RuleKind.RECALL}
+# Handed to the provider: "dropped" never left us.
+HANDED_OVER = [Status.SENT, Status.DELIVERED, Status.FAILED, Status.UNKNOWN]
+FINAL_APPOINTMENT = [Appointment.Status.ATTENDED, Appointment.Status.NO_SHOW]
+
+
+def recall_days() -> int:
+    """How long after a recall a booking still counts as its outcome (days)."""
+    return int(getattr(settings, "DASHBOARD_RECALL_DAYS", 30))
+
+
+def min_group() -> int:
+    """Fewer patients than this in either group and the effect is "not enough data yet"."""
+    return int(getattr(settings, "DASHBOARD_MIN_GROUP", 30))
+
+
+# --- the rows each filter selects ---------------------------------------------------------------
+
+
+def _patients_q(f: Filters, ref: str = "patient_id") -> Q:
+    """Patients with a visit or appointment of the chosen department and doctor."""
+    if not (f.department or f.doctor):
+        return Q()
+    where: dict[str, str] = {}
+    if f.department:
+        where["department"] = f.department
+    if f.doctor:
+        where["doctor"] = f.doctor
+    visits = Visit.objects.filter(**where).values("patient_id")
+    appointments = Appointment.objects.filter(**where).values("patient_id")
+    return Q(**{f"{ref}__in": visits}) | Q(**{f"{ref}__in": appointments})
+
+
+def messages_in(f: Filters) -> QuerySet[OutboxMessage]:
+    """The outbox rows the filters select (by due time)."""
+    rows = OutboxMessage.objects.filter(due_at__gte=f.start_at, due_at__lt=f.end_at)
+    if f.rule_id:
+        rows = rows.filter(rule_id=f.rule_id)
+    if f.channel:
+        rows = rows.filter(channel=f.channel)
+    return rows.filter(_patients_q(f)).order_by()
+
+
+def skips_in(f: Filters, rules: list[Rule]) -> QuerySet[Skip]:
+    """The skips the filters select (by when they were recorded)."""
+    rows = Skip.objects.filter(at__gte=f.start_at, at__lt=f.end_at)
+    if f.rule_id:
+        rows = rows.filter(rule_id=f.rule_id)
+    if f.channel:
+        rows = rows.filter(rule_id__in=[r.pk for r in rules if f.channel in r.channel_order])
+    return rows.filter(_patients_q(f)).order_by()
+
+
+def rules_all() -> list[Rule]:
+    return list(Rule.objects.order_by("priority", "name"))
+
+
+# --- 1. the funnel ------------------------------------------------------------------------------
+
+
+@dataclass
+class FunnelRow:
+    rule: Rule
+    queued: int = 0  # outbox rows: every message planned, whatever became of it
+    waiting: int = 0  # still queued or being sent
+    skipped: dict[str, int] = field(default_factory=dict)
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dropped: int = 0
+    unknown: int = 0
+    replied: int = 0
+    confirmed: int = 0
+    # Outcomes, each counted once per appointment, refill window or patient.
+    appointments: int = 0  # reminded appointments that have an outcome (attended or no-show)
+    attended: int = 0
+    no_show: int = 0
+    recalled: int = 0
+    booked: int = 0
+    refills: int = 0
+    picked_up: int = 0
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def due(self) -> int:
+        return self.queued + self.skipped_total
+
+    @property
+    def holdout(self) -> int:
+        return self.skipped.get(SkipReason.HOLDOUT, 0)
+
+    @property
+    def outcome(self) -> tuple[int, int] | None:
+        """(outcomes, of how many) for the rule's kind; None when the kind has no outcome."""
+        kind = self.rule.kind
+        if kind in APPOINTMENT_KINDS:
+            return self.attended, self.appointments
+        if kind in REFILL_KINDS:
+            return self.picked_up, self.refills
+        if kind in RECALL_KINDS:
+            return self.booked, self.recalled
+        return None
+
+
+def _booked_after(moment: str, days: int) -> Exists:
+    """An appointment (not cancelled) starting within `days` after the outer row's `moment`."""
+    return Exists(
+        Appointment.objects.filter(
+            patient_id=OuterRef("patient_id"),
+            starts_at__gt=OuterRef(moment),
+            starts_at__lte=OuterRef(moment) + timedelta(days=days),
+        ).exclude(status=Appointment.Status.CANCELLED)
+    )
+
+
+def funnel(f: Filters, rules: list[Rule]) -> list[FunnelRow]:
+    """Per rule: due → queued → skipped by reason → sent → delivered → failed/dropped/unknown →
+    replied → confirmed, and the outcomes of what was sent. Two queries."""
+    recall_ids = [r.pk for r in rules if r.kind in RECALL_KINDS]
+    sent = Q(sent_at__isnull=False)
+    by_rule = (
+        messages_in(f)
+        .values("rule_id")
+        .annotate(
+            queued=Count("id"),
+            waiting=Count("id", filter=Q(status__in=[Status.QUEUED, Status.SENDING])),
+            sent=Count("id", filter=sent),
+            delivered=Count("id", filter=Q(status=Status.DELIVERED)),
+            failed=Count("id", filter=Q(status=Status.FAILED)),
+            dropped=Count("id", filter=Q(status=Status.DROPPED)),
+            unknown=Count("id", filter=Q(status=Status.UNKNOWN)),
+            replied=Count("id", filter=Q(replied_at__isnull=False)),
+            # Confirmed by the patient's own answer (a reply or the LINE button) after the
+            # message went out; a phone call or the desk is the staff's work, not the message's.
+            confirmed=Count(
+                "id",
+                filter=sent
+                & Q(
+                    appointment__confirmed_via__in=[
+                        Appointment.ConfirmedVia.REPLY,
+                        Appointment.ConfirmedVia.LINE,
+                    ],
+                    appointment__confirmed_at__gte=F("sent_at"),
+                ),
+            ),
+            appointments=Count(
+                "appointment_id",
+                distinct=True,
+                filter=sent & Q(appointment__status__in=FINAL_APPOINTMENT),
+            ),
+            attended=Count(
+                "appointment_id",
+                distinct=True,
+                filter=sent & Q(appointment__status=Appointment.Status.ATTENDED),
+            ),
+            no_show=Count(
+                "appointment_id",
+                distinct=True,
+                filter=sent & Q(appointment__status=Appointment.Status.NO_SHOW),
+            ),
+            refills=Count("refill_window_id", distinct=True, filter=sent),
+            picked_up=Count(
+                "refill_window_id",
+                distinct=True,
+                filter=sent & Q(refill_window__picked_up_on__isnull=False),
+            ),
+            recalled=Count("patient_id", distinct=True, filter=sent & Q(rule_id__in=recall_ids)),
+            booked=Count(
+                "patient_id",
+                distinct=True,
+                filter=sent
+                & Q(rule_id__in=recall_ids)
+                & Q(_booked_after("sent_at", recall_days())),
+            ),
+        )
+    )
+    rows = {r.pk: FunnelRow(rule=r) for r in rules}
+    for counts in by_rule:
+        row = rows[counts["rule_id"]]
+        for name, value in counts.items():
+            if name != "rule_id":
+                setattr(row, name, value)
+    skip_counts = skips_in(f, rules).values_list("rule_id", "reason").annotate(n=Count("id"))
+    for rule_id, reason, n in skip_counts:
+        rows[rule_id].skipped[reason] = n
+    wanted = [r.pk for r in rules if not f.rule_id or r.pk == f.rule_id]
+    return [rows[pk] for pk in wanted if rows[pk].due or rows[pk].rule.enabled]
+
+
+# --- 2. the effect ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EffectRow:
+    rule: Rule
+    comparison: str  # "holdout", "before" (same length before enabled_since) or "" (none)
+    effect: Effect | None
+
+
+def _reference_id() -> Case:
+    """The appointment or refill window id in a skip's occurrence key ("appointment:<id>:…",
+    "refill:<id>:…", campaigns/kinds.py); NULL for other kinds."""
+    after_kind = Substr("occurrence_key", StrIndex("occurrence_key", Value(":")) + 1)
+    number = Substr(after_kind, 1, StrIndex(after_kind, Value(":")) - 1)
+    return Case(
+        When(
+            Q(occurrence_key__startswith="appointment:") | Q(occurrence_key__startswith="refill:"),
+            then=Cast(number, IntegerField()),
+        ),
+        default=None,
+        output_field=IntegerField(),
+    )
+
+
+def _holdout_counts(f: Filters, rules: list[Rule]) -> dict[int, tuple[int, int]]:
+    """Per rule, (outcomes, of how many) among the held-out patients: one query."""
+    ids = {
+        "appointment": [r.pk for r in rules if r.kind in APPOINTMENT_KINDS],
+        "refill": [r.pk for r in rules if r.kind in REFILL_KINDS],
+        "recall": [r.pk for r in rules if r.kind in RECALL_KINDS],
+    }
+    final = Appointment.objects.filter(pk=OuterRef("ref"), status__in=FINAL_APPOINTMENT)
+    attended = final.filter(status=Appointment.Status.ATTENDED)
+    window = RefillWindow.objects.filter(pk=OuterRef("ref"))
+    in_appointment, in_refill = Q(rule_id__in=ids["appointment"]), Q(rule_id__in=ids["refill"])
+    in_recall = Q(rule_id__in=ids["recall"])
+    rows = (
+        skips_in(f, rules)
+        .filter(reason=SkipReason.HOLDOUT)
+        .annotate(ref=_reference_id())
+        .values("rule_id")
+        .annotate(
+            appointments=Count("ref", distinct=True, filter=in_appointment & Q(Exists(final))),
+            attended=Count("ref", distinct=True, filter=in_appointment & Q(Exists(attended))),
+            refills=Count("ref", distinct=True, filter=in_refill & Q(Exists(window))),
+            picked_up=Count(
+                "ref",
+                distinct=True,
+                filter=in_refill & Q(Exists(window.filter(picked_up_on__isnull=False))),
+            ),
+            recalled=Count("patient_id", distinct=True, filter=in_recall),
+            booked=Count(
+                "patient_id",
+                distinct=True,
+                filter=in_recall & Q(_booked_after("at", recall_days())),
+            ),
+        )
+    )
+    kinds = {r.pk: r.kind for r in rules}
+    counts: dict[int, tuple[int, int]] = {}
+    for row in rows:
+        kind = kinds[row["rule_id"]]
+        if kind in APPOINTMENT_KINDS:
+            counts[row["rule_id"]] = (row["attended"], row["appointments"])
+        elif kind in REFILL_KINDS:
+            counts[row["rule_id"]] = (row["picked_up"], row["refills"])
+        elif kind in RECALL_KINDS:
+            counts[row["rule_id"]] = (row["booked"], row["recalled"])
+    return counts
+
+
+def _before_counts(f: Filters, rules: list[Rule]) -> dict[int, tuple[int, int]]:
+    """Per rule without a holdout but with a switch-on time: the outcome among all
+    appointments (or refill windows) in the same length of time just before it. Two queries
+    at most, one aggregate per rule in each."""
+    length = timedelta(days=f.days)
+    appointment_aggs: dict[str, Any] = {}
+    refill_aggs: dict[str, Any] = {}
+    for rule in rules:
+        if rule.enabled_since is None:
+            continue
+        start, end = rule.enabled_since - length, rule.enabled_since
+        if rule.kind in APPOINTMENT_KINDS:
+            period = Q(starts_at__gte=start, starts_at__lt=end)
+            if rule.departments:
+                period &= Q(department__in=rule.departments)
+            appointment_aggs[f"n{rule.pk}"] = Count("id", filter=period)
+            appointment_aggs[f"a{rule.pk}"] = Count(
+                "id", filter=period & Q(status=Appointment.Status.ATTENDED)
+            )
+        elif rule.kind in REFILL_KINDS:
+            period = Q(
+                closes_on__gte=timezone.localtime(start).date(),
+                closes_on__lt=timezone.localtime(end).date(),
+            )
+            refill_aggs[f"n{rule.pk}"] = Count("id", filter=period)
+            refill_aggs[f"a{rule.pk}"] = Count("id", filter=period & Q(picked_up_on__isnull=False))
+    totals: dict[str, int] = {}
+    if appointment_aggs:
+        appointments = Appointment.objects.filter(status__in=FINAL_APPOINTMENT)
+        where = {k: v for k, v in (("department", f.department), ("doctor", f.doctor)) if v}
+        totals |= appointments.filter(**where).aggregate(**appointment_aggs)
+    if refill_aggs:
+        windows = RefillWindow.objects.filter(_patients_q(f, "prescription__patient_id"))
+        totals |= windows.aggregate(**refill_aggs)
+    return {
+        int(key[1:]): (totals[f"a{key[1:]}"], value)
+        for key, value in totals.items()
+        if key.startswith("n")
+    }
+
+
+def effects(f: Filters, funnel_rows: list[FunnelRow]) -> list[EffectRow]:
+    """Per rule with an outcome: the outcome rate with the message (those sent it) against
+    without (held out; or, for a rule with no holdout, the same length of time before it was
+    switched on), as a relative risk with its 95 % interval."""
+    rules = [row.rule for row in funnel_rows if row.outcome is not None]
+    with_holdout = [r for r in rules if r.holdout_percent > 0]
+    held = _holdout_counts(f, with_holdout) if with_holdout else {}
+    before_rules = [r for r in rules if r.holdout_percent == 0 and r.enabled_since]
+    before = _before_counts(f, before_rules) if before_rules else {}
+    result = []
+    for row in funnel_rows:
+        treated = row.outcome
+        if treated is None:
+            continue
+        rule = row.rule
+        if rule.pk in held or rule.holdout_percent > 0:
+            control, comparison = held.get(rule.pk, (0, 0)), "holdout"
+        elif rule.pk in before:
+            control, comparison = before[rule.pk], "before"
+        else:
+            result.append(EffectRow(rule=rule, comparison="", effect=None))
+            continue
+        effect = relative_risk(
+            treated[0], treated[1], control[0], control[1], min_group=min_group()
+        )
+        result.append(EffectRow(rule=rule, comparison=comparison, effect=effect))
+    return result
+
+
+# --- 3. trends ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeekRate:
+    week: date
+    part: int
+    whole: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.part / self.whole if self.whole else None
+
+
+@dataclass
+class Trends:
+    no_show: list[WeekRate]
+    confirmed: list[WeekRate]
+    delivery: dict[str, list[WeekRate]]  # per channel
+    opt_out: list[tuple[str, str, int, int]]  # purpose, channel, withdrawals, consented
+
+
+def _week(value: datetime | date) -> date:
+    return value.date() if isinstance(value, datetime) else value
+
+
+def trends(f: Filters) -> Trends:
+    """Weekly no-show, confirmation and delivery rates and the opt-out rate: four queries."""
+    appointments = Appointment.objects.filter(starts_at__gte=f.start_at, starts_at__lt=f.end_at)
+    where = {k: v for k, v in (("department", f.department), ("doctor", f.doctor)) if v}
+    appointments = appointments.filter(**where)
+    if f.rule_id or f.channel:
+        # The appointments the chosen rule or channel reminded.
+        appointments = appointments.filter(
+            pk__in=messages_in(f).filter(appointment__isnull=False).values("appointment_id")
+        )
+    weekly = (
+        appointments.order_by()
+        .annotate(week=TruncWeek("starts_at"))
+        .values("week")
+        .annotate(
+            final=Count("id", filter=Q(status__in=FINAL_APPOINTMENT)),
+            no_show=Count("id", filter=Q(status=Appointment.Status.NO_SHOW)),
+            booked=Count("id", filter=~Q(status=Appointment.Status.CANCELLED)),
+            confirmed=Count(
+                "id",
+                filter=~Q(status=Appointment.Status.CANCELLED) & Q(confirmed_at__isnull=False),
+            ),
+        )
+        .order_by("week")
+    )
+    no_show, confirmed = [], []
+    for row in weekly:
+        no_show.append(WeekRate(_week(row["week"]), row["no_show"], row["final"]))
+        confirmed.append(WeekRate(_week(row["week"]), row["confirmed"], row["booked"]))
+    delivery: dict[str, list[WeekRate]] = defaultdict(list)
+    channel_weeks = (
+        messages_in(f)
+        .annotate(week=TruncWeek("due_at"))
+        .values("week", "channel")
+        .annotate(
+            handed=Count("id", filter=Q(status__in=HANDED_OVER)),
+            delivered=Count("id", filter=Q(status=Status.DELIVERED)),
+        )
+        .order_by("channel", "week")
+    )
+    for one in channel_weeks:
+        delivery[one["channel"]].append(
+            WeekRate(_week(one["week"]), one["delivered"], one["handed"])
+        )
+    return Trends(no_show, confirmed, dict(delivery), opt_outs(f))
+
+
+def opt_outs(f: Filters) -> list[tuple[str, str, int, int]]:
+    """Per purpose and channel: withdrawals recorded in the range, and the patients who had
+    consent (consenting now, plus those who withdrew in the range). Two queries."""
+    withdrawals = ConsentEntry.objects.filter(
+        action=Action.WITHDRAW, recorded_at__gte=f.start_at, recorded_at__lt=f.end_at
+    ).filter(_patients_q(f))
+    granted = ConsentState.objects.filter(granted=True).filter(_patients_q(f))
+    if f.channel:
+        withdrawals, granted = (
+            withdrawals.filter(channel=f.channel),
+            granted.filter(channel=f.channel),
+        )
+    if f.rule_id:
+        purpose = Rule.objects.filter(pk=f.rule_id).values("purpose")
+        withdrawals = withdrawals.filter(purpose__in=purpose)
+        granted = granted.filter(purpose__in=purpose)
+    out: dict[tuple[str, str], int] = {
+        (p, c): n
+        for p, c, n in withdrawals.order_by()
+        .values_list("purpose", "channel")
+        .annotate(n=Count("patient_id", distinct=True))
+    }
+    now: dict[tuple[str, str], int] = {
+        (p, c): n
+        for p, c, n in granted.order_by().values_list("purpose", "channel").annotate(n=Count("id"))
+    }
+    return [
+        (purpose, channel, out.get((purpose, channel), 0), now.get((purpose, channel), 0))
+        for purpose in Purpose.values
+        for channel in Channel.values
+        if (purpose, channel) in out or (purpose, channel) in now
+    ]
+
+
+# --- 4. cost and quota --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CostRow:
+    rule: Rule
+    sms: int
+    segments: int
+    line: int
+    email: int
+
+
+@dataclass
+class Costs:
+    month_start: date
+    days_so_far: int
+    days_in_month: int
+    rows: list[CostRow]
+    line_allowance: int | None
+
+    @property
+    def totals(self) -> CostRow | None:
+        if not self.rows:
+            return None
+        return CostRow(
+            rule=self.rows[0].rule,
+            sms=sum(r.sms for r in self.rows),
+            segments=sum(r.segments for r in self.rows),
+            line=sum(r.line for r in self.rows),
+            email=sum(r.email for r in self.rows),
+        )
+
+    def projected(self, value: int) -> int:
+        """`value` so far this month carried on at the same daily pace to the month's end."""
+        return round(value * self.days_in_month / self.days_so_far) if self.days_so_far else 0
+
+
+def costs(f: Filters, rules: list[Rule], *, today: date | None = None) -> Costs:
+    """This calendar month so far (whatever the date range): SMS messages and segments, LINE
+    messages and e-mails handed to the provider, per rule. One query."""
+    today = today or timezone.localdate()
+    month_start = today.replace(day=1)
+    start_at = Filters(range=f.range, start=month_start, end=today).start_at
+    end_at = Filters(range=f.range, start=today, end=today).end_at
+    rows = OutboxMessage.objects.filter(sent_at__gte=start_at, sent_at__lt=end_at)
+    if f.rule_id:
+        rows = rows.filter(rule_id=f.rule_id)
+    if f.channel:
+        rows = rows.filter(channel=f.channel)
+    per_rule = (
+        rows.filter(_patients_q(f))
+        .order_by()
+        .values("rule_id")
+        .annotate(
+            sms=Count("id", filter=Q(channel=Channel.SMS)),
+            segments=Sum("segments", filter=Q(channel=Channel.SMS), default=0),
+            line=Count("id", filter=Q(channel=Channel.LINE)),
+            email=Count("id", filter=Q(channel=Channel.EMAIL)),
+        )
+    )
+    by_id = {r.pk: r for r in rules}
+    result = [
+        CostRow(by_id[row["rule_id"]], row["sms"], row["segments"], row["line"], row["email"])
+        for row in per_rule
+    ]
+    result.sort(key=lambda row: (row.rule.priority, row.rule.name))
+    allowance = getattr(settings, "LINE_MONTHLY_ALLOWANCE", None)
+    return Costs(
+        month_start=month_start,
+        days_so_far=today.day,
+        days_in_month=calendar.monthrange(today.year, today.month)[1],
+        rows=result,
+        line_allowance=int(allowance) if allowance else None,
+    )
+
+
+# --- 6. needs attention -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attention:
+    failed: int
+    unknown: int
+    open_tasks: int
+    overdue_tasks: int
+    no_channel: int  # open "appointment soon, no way to remind" tasks (made hourly)
+    rules_missing_template: list[tuple[Rule, list[str]]]
+    rules_near_cap: list[tuple[Rule, int]]  # rule, its longest SMS template's segments
+
+
+def attention(f: Filters, rules: list[Rule], *, today: date | None = None) -> Attention:
+    """What someone should look at. Three queries."""
+    today = today or timezone.localdate()
+    messages = messages_in(f).aggregate(
+        failed=Count("id", filter=Q(status=Status.FAILED)),
+        unknown=Count("id", filter=Q(status=Status.UNKNOWN)),
+    )
+    tasks = StaffTask.objects.filter(done_at__isnull=True).aggregate(
+        open=Count("id"),
+        overdue=Count("id", filter=Q(until__lt=today)),
+        no_channel=Count("id", filter=Q(kind=StaffTask.Kind.CALL_NO_CHANNEL)),
+    )
+    # Tens of templates: their sizes are worked out here, not stored.
+    templates = list(MessageTemplate.objects.values_list("rule_id", "channel", "body"))
+    has: dict[int, set[str]] = defaultdict(set)
+    longest: dict[int, int] = defaultdict(int)
+    for rule_id, channel, body in templates:
+        has[rule_id].add(channel)
+        if channel == Channel.SMS:
+            longest[rule_id] = max(longest[rule_id], sms_size(body).segments)
+    cap = int(settings.SMS_MAX_SEGMENTS)
+    missing = [
+        (rule, [c for c in rule.channel_order if c not in has[rule.pk]])
+        for rule in rules
+        if rule.enabled and any(c not in has[rule.pk] for c in rule.channel_order)
+    ]
+    near = [(rule, longest[rule.pk]) for rule in rules if longest[rule.pk] >= max(cap - 1, 1)]
+    return Attention(
+        failed=messages["failed"],
+        unknown=messages["unknown"],
+        open_tasks=tasks["open"],
+        overdue_tasks=tasks["overdue"],
+        no_channel=tasks["no_channel"],
+        rules_missing_template=missing,
+        rules_near_cap=near,
+    )
+
+
+# --- the filter form's choices ------------------------------------------------------------------
+
+
+def departments_and_doctors() -> tuple[list[str], list[str]]:
+    """The departments and doctors of appointments, for the filter's lists: two queries."""
+    appointments = Appointment.objects.order_by()
+    departments = appointments.values_list("department", flat=True).distinct()
+    doctors = appointments.values_list("doctor", flat=True).distinct()
+    return sorted(departments), sorted(doctors)
