@@ -22,6 +22,7 @@ from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
 from campaigns.context import message_context
+from campaigns.costs import channel_size
 from campaigns.kinds import KINDS, Due, Refs, days_in
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.policy import channel_order_for, plan_decision, policy_annotations
@@ -220,6 +221,7 @@ def _render_all(
                 expires_at=due.expires_at,
                 subject=texts[0],
                 body=texts[1],
+                **channel_size(channel, texts[1], patient.phone),
                 fallbacks=json.dumps(fallbacks, ensure_ascii=False) if fallbacks else "",
                 anchor_at=due.anchor_at,
                 **due.refs,

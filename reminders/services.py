@@ -26,6 +26,7 @@ from django.utils import timezone
 from django.utils.html import escape, linebreaks
 from django.utils.translation import gettext as _
 
+from campaigns.costs import channel_size
 from campaigns.kinds import KINDS
 from campaigns.policy import Action, send_decision
 from consent.models import Channel
@@ -251,6 +252,8 @@ def _next_channel(
                 channels_left=remaining,
                 subject=subject,
                 body=body,
+                # What it costs changes with the channel and its text.
+                **channel_size(channel, body, message.patient.phone),
                 status=Status.QUEUED,
                 attempts=message.attempts,
                 next_attempt_at=now,
