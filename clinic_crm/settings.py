@@ -219,6 +219,9 @@ EMAIL_TIMEOUT = 20  # Django's SMTP backend otherwise waits forever on a dead se
 # medical record number (type MR) the system of the organisation that assigns it, e.g.
 # https://www.tph.mohw.gov.tw for 衛生福利部臺北醫院: set the clinic's own URL here.
 FHIR_CHART_NO_SYSTEM = env_str("FHIR_CHART_NO_SYSTEM", "urn:clinic-crm:chart-no")
+# A full-day appointment feed (import_records appointments --full-day) cancels bookings of the
+# days it covers that are no longer in it, so no reminder goes out for a visit the HIS dropped.
+IMPORT_CANCEL_VANISHED_APPOINTMENTS = env_bool("IMPORT_CANCEL_VANISHED_APPOINTMENTS", True)
 
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
