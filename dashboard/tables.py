@@ -12,6 +12,7 @@ from datetime import date
 from decimal import Decimal
 
 from django.utils.translation import gettext as _
+from django.utils.translation import pgettext
 
 from campaigns.models import SkipReason
 from consent.models import Channel, Purpose
@@ -64,7 +65,7 @@ def _outcome_in_words(row: selectors.FunnelRow) -> str:
 def funnel_table(rows: list[selectors.FunnelRow]) -> Table:
     header = [
         _("Rule"),
-        _("Due"),
+        pgettext("dashboard", "Due"),
         _("Queued"),
         _("Skipped"),
         _("Skipped, by reason"),
@@ -76,7 +77,7 @@ def funnel_table(rows: list[selectors.FunnelRow]) -> Table:
         _("Still waiting"),
         _("Replied"),
         _("Confirmed by the patient"),
-        _("Outcome"),
+        pgettext("dashboard", "Outcome"),
         _("Outcome rate"),
     ]
     body: list[list[Cell]] = []

@@ -25,6 +25,7 @@ from django.shortcuts import render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import pgettext
 from django.views.decorators.http import require_GET
 
 from clinic_crm.exports import ExportFormat, table_response
@@ -94,7 +95,7 @@ def _funnel_chart(rows: list[selectors.FunnelRow]) -> str:
         _("Due, sent and delivered per rule"),
         [row.rule.name for row in named],
         [
-            charts.Series(_("Due"), [row.due for row in named]),
+            charts.Series(pgettext("dashboard", "Due"), [row.due for row in named]),
             charts.Series(_("Sent"), [row.sent for row in named]),
             charts.Series(_("Delivered"), [row.delivered for row in named]),
         ],
