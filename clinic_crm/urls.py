@@ -3,6 +3,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from desk import views as desk_views
+from reminders.urls import link_urlpatterns
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
@@ -10,6 +11,8 @@ urlpatterns = [
     path("admin/login/", desk_views.staff_login, name="staff_login"),
     path("admin/", admin.site.urls),
     path("webhooks/", include("reminders.urls")),
+    # Tracked links patients open from a message (short: they count in an SMS's length).
+    path("r/", include(link_urlpatterns)),
     path("desk/", include("desk.urls")),
     path("dashboard/", include("dashboard.urls")),
 ]

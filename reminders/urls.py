@@ -10,3 +10,8 @@ urlpatterns = [
     path("twilio/sms/", views.twilio_sms, name="twilio-sms"),
     path("line/", views.line_webhook, name="line-webhook"),
 ]
+
+# Mounted at /r/ (clinic_crm/urls.py): the tracked links patients open from a message.
+link_urlpatterns = [
+    path("<str:token>/", views.tracked_link_open, name="tracked-link"),
+]

@@ -1,18 +1,32 @@
 """Webhooks from the messaging providers. Each checks the provider's signature first and
 changes nothing for a request that isn't signed (403). A signed request we cannot read is a
-400, logged without its content; each event is applied once however often it comes."""
+400, logged without its content; each event is applied once however often it comes.
+
+And the one page patients open: a tracked link in a message, /r/<token>/ (campaigns.links)."""
 
 import logging
 import uuid
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
-from django.utils import timezone
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseForbidden,
+    HttpResponseNotFound,
+    HttpResponseRedirect,
+)
+from django.utils import timezone, translation
+from django.utils.html import format_html
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from reminders.channels import line, sms_twilio
 from reminders.channels.base import InvalidSignature
+from reminders.models import TrackedLink
 from reminders.receipts import message_delivery_report
 from reminders.replies import reply_handle
 
@@ -95,3 +109,51 @@ def line_webhook(request: HttpRequest) -> HttpResponse:
         redelivered = " (redelivered)" if event.redelivered else ""
         log.info("line %s %s%s: %s", event.inbound.kind, event.event_id, redelivered, done)
     return HttpResponse(status=200)
+
+
+# Apps that fetch a link to draw its preview card (LINE's "line-poker" says facebookexternalhit,
+# as do iMessage and WhatsApp) are not the patient clicking: they are sent on, not counted.
+PREVIEW_FETCHERS = ("facebookexternalhit", "facebot", "bot", "preview", "crawler", "spider")
+
+
+@require_safe
+def tracked_link_open(request: HttpRequest, token: str) -> HttpResponse:
+    """A patient opened a message's link: count the click and send them on (302) to the
+    address stored with the token, never one from the request. No login: the token is the
+    only key, and it names no patient. An unknown token is a plain page in the clinic's
+    language, not an error."""
+    links = TrackedLink.objects.filter(token=token)
+    url = links.values_list("url", flat=True).first()
+    if url is None:
+        return _link_not_found()
+    agent = request.headers.get("User-Agent", "").lower()
+    if request.method == "GET" and not any(word in agent for word in PREVIEW_FETCHERS):
+        # One UPDATE: clicks at once from two phones both count.
+        links.update(
+            clicks=F("clicks") + 1,
+            first_clicked_at=Coalesce("first_clicked_at", Value(timezone.now())),
+        )
+    response = HttpResponseRedirect(url)
+    # Each click must reach us; the page it leads to needn't learn the token.
+    response["Cache-Control"] = "no-store"
+    response["Referrer-Policy"] = "no-referrer"
+    response["X-Robots-Tag"] = "noindex"
+    return response
+
+
+def _link_not_found() -> HttpResponse:
+    # Patients open these links, not staff: the clinic's language, no menu, no way in.
+    with translation.override("zh-hant"):
+        page = format_html(
+            '<!DOCTYPE html><html lang="zh-Hant"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<meta name="robots" content="noindex"><title>{title}</title></head>'
+            '<body style="font-family: sans-serif; max-width: 32rem; margin: 3rem auto; '
+            'padding: 0 1rem; line-height: 1.6"><h1>{title}</h1><p>{text}</p></body></html>',
+            title=_("This link does not work"),
+            text=_(
+                "The link is mistyped or no longer in use. If you need help, please call the "
+                "clinic."
+            ),
+        )
+    return HttpResponseNotFound(page)
