@@ -43,7 +43,7 @@ def week_ahead_section(f: Filters) -> WeekAhead | None:
         doctor=f.doctor or None,
     )
     today = timezone.localdate()
-    days = [today + timedelta(days=n) for n in range(7)]
+    days = sorted({today + timedelta(days=n) for n in range(7)} | {row.day for row in rows})
     per_rule: dict[int, dict[date, int]] = defaultdict(lambda: defaultdict(int))
     for row in rows:  # one row per rule, day and channel: at most a few hundred
         per_rule[row.rule_id][row.day] += row.messages

@@ -7,5 +7,6 @@ from dashboard import views
 app_name = "dashboard"
 urlpatterns = [
     path("", views.index, name="index"),
+    path("week-ahead/", views.week_ahead, name="week_ahead"),
     path("export/<slug:table>.<slug:fmt>", views.export, name="export"),
 ]

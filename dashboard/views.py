@@ -215,7 +215,6 @@ def index(request: HttpRequest) -> HttpResponse:
         "cost_totals": costs.totals,
         "attention": attention_links(f, selectors.attention(f, rules)),
         "sms_cap": settings.SMS_MAX_SEGMENTS,
-        "week_ahead": forecast.week_ahead_section(f),
         "now": timezone.localtime(),
         "today": timezone.localdate(),
         "min_group": selectors.min_group(),
@@ -246,4 +245,15 @@ def export(request: HttpRequest, table: str, fmt: str) -> StreamingHttpResponse 
         rows=built.rows,
         fmt=chosen,
         filename=f"{built.title}-{stamp}.{chosen.value}",
+    )
+
+
+@require_GET
+@manager_required
+def week_ahead(request: HttpRequest) -> HttpResponse:
+    """Section 5, loaded after the page: the planner's dry run takes seconds, the rest of the
+    dashboard well under one."""
+    f = filters_parse(request.GET)
+    return render(
+        request, "dashboard/week_ahead.html", {"week_ahead": forecast.week_ahead_section(f)}
     )
