@@ -44,6 +44,9 @@ ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 LOCAL = "urn:clinic-crm:fhir"
 EXT_CONTACT_CHANNEL = f"{LOCAL}:contact-channel"
 CARE_PLAN_SYSTEM = f"{LOCAL}:care-plan"
+# The HIS's own number for a visit, prescription, procedure or booking (external_id), which the
+# tabular import matches on too.
+HIS_NUMBER_SYSTEM = f"{LOCAL}:his-number"
 
 GENDER = {
     Patient.Sex.FEMALE: "female",

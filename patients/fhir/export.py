@@ -24,6 +24,12 @@ def _local_urn(patient: Patient, kind: str, pk: int) -> str:
     return _urn(uuid.uuid5(patient.uuid, f"{kind}/{pk}"))
 
 
+def _his_number(record: Visit | Prescription | Procedure | Appointment) -> list[JSON]:
+    if not record.external_id:
+        return []
+    return [{"system": codes.HIS_NUMBER_SYSTEM, "value": record.external_id}]
+
+
 def _instant(value: datetime) -> str:
     return timezone.localtime(value).isoformat()
 
@@ -84,7 +90,10 @@ def _patient(patient: Patient) -> JSON:
 def _encounter(visit: Visit, subject: JSON) -> JSON:
     resource: JSON = {
         "resourceType": "Encounter",
-        "identifier": [{"system": codes.URI_SYSTEM, "value": _urn(visit.uuid)}],
+        "identifier": [
+            {"system": codes.URI_SYSTEM, "value": _urn(visit.uuid)},
+            *_his_number(visit),
+        ],
         "status": "finished",
         "class": {"system": codes.ACT_CODE, "code": "AMB"},
         "serviceType": {"text": visit.department},
@@ -128,6 +137,7 @@ def _medication_request(
         dosage["asNeededBoolean"] = True
     resource: JSON = {
         "resourceType": "MedicationRequest",
+        "identifier": _his_number(prescription),
         "status": "completed" if last_day < today else "active",
         "intent": "order",
         "medicationCodeableConcept": {"text": prescription.drug},
@@ -157,6 +167,7 @@ def _medication_request(
 def _procedure(procedure: Procedure, subject: JSON) -> JSON:
     resource: JSON = {
         "resourceType": "Procedure",
+        "identifier": _his_number(procedure),
         "status": "completed",
         "code": {"text": procedure.procedure_type},
         "subject": subject,
@@ -192,6 +203,7 @@ def _appointment(appointment: Appointment, subject: JSON) -> JSON:
         )
     resource: JSON = {
         "resourceType": "Appointment",
+        "identifier": _his_number(appointment),
         "status": codes.APPOINTMENT_STATUS[Appointment.Status(appointment.status)],
         "serviceType": [{"text": appointment.department}],
         # We keep no duration; FHIR wants an end beside a start (app-2), so the end repeats the

@@ -14,7 +14,7 @@ import logging
 import uuid as uuidlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Any
 
 import pydantic
@@ -27,8 +27,16 @@ from consent.models import Action, Channel, ConsentEntry, Source
 from consent.services import consent_record
 from patients.fhir import codes
 from patients.fhir.errors import FhirImportError, Problem
-from patients.models import Appointment, Frequency, Patient, Prescription, Procedure, Visit
-from patients.services import prescription_sync_refills
+from patients.models import (
+    Appointment,
+    AuditEntry,
+    Frequency,
+    Patient,
+    Prescription,
+    Procedure,
+    Visit,
+)
+from patients.services import audit_record, prescription_sync_refills
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +128,8 @@ class RecordRow:
     fields: dict[str, Any]
     uuid: uuidlib.UUID | None = None
     encounter_key: str | None = None
+    # The HIS's own number for the record: when given, the record is matched by it alone.
+    external_id: str | None = None
 
 
 @dataclass
@@ -155,9 +165,11 @@ class _Problems:
 
 
 def bundle_import(
-    bundle_json: bytes | str, *, now: datetime, dry_run: bool = False
+    bundle_json: bytes | str, *, now: datetime, actor: Any = None, dry_run: bool = False
 ) -> ImportReport:
     """Import a FHIR R4 Bundle, all or nothing; a dry run does everything, then rolls it back.
+
+    The patients it touches are audited as imported by `actor` (a user or a command's name).
 
     Consent resources become ledger entries with source "import" and the bundle's SHA-256 as
     evidence. Raises FhirImportError listing every problem found; nothing is written then.
@@ -190,7 +202,7 @@ def bundle_import(
     problems.raise_if_any()
     report = ImportReport(checksum=checksum, dry_run=dry_run)
     with transaction.atomic():
-        _Writer(parsed, report, problems, checksum=checksum, now=now).write()
+        _Writer(parsed, report, problems, checksum=checksum, now=now, actor=actor).write()
         # Raising inside the block rolls back whatever the writer did before the problem.
         problems.raise_if_any()
         if dry_run:
@@ -329,7 +341,10 @@ class _Reader:
             resource = entry.resource
             kind = resource.get_resource_type()
             where = f"entry {number} {kind}"
+            before = len(self.parsed.records)
             getattr(self, f"_{kind.lower()}")(f"entry {number}", where, resource)
+            if len(self.parsed.records) > before:
+                self.parsed.records[-1].external_id = _his_number(resource)
         return self.parsed
 
     def _patient_key(self, where: str, reference: Any) -> str:
@@ -671,7 +686,12 @@ class _Reader:
                 f"需要一個聯絡管道（{codes.EXT_CONTACT_CHANNEL}：sms、line 或 email）",
                 f"needs one channel ({codes.EXT_CONTACT_CHANNEL}: sms, line or email)",
             )
-        if not isinstance(resource.dateTime, datetime):
+        at = resource.dateTime
+        if isinstance(at, date) and not isinstance(at, datetime):
+            # A paper form carries a day, not a time: the start of that day in the clinic's
+            # zone, as the tabular import records a consent date.
+            at = timezone.make_aware(datetime.combine(at, time(0)))
+        if not isinstance(at, datetime):
             self.problem(
                 f"{where}.dateTime",
                 "需要同意的日期與時間（含時區）",
@@ -685,9 +705,16 @@ class _Reader:
                     purpose=purpose,
                     channel=str(channel),
                     action=action,
-                    at=resource.dateTime,
+                    at=at,
                 )
             )
+
+
+def _his_number(resource: Any) -> str | None:
+    for identifier in resource.identifier or []:
+        if identifier.system == codes.HIS_NUMBER_SYSTEM and identifier.value:
+            return str(identifier.value).strip()
+    return None
 
 
 def _local_date(value: Any) -> date | None:
@@ -719,13 +746,24 @@ class _Writer:
         *,
         checksum: str,
         now: datetime,
+        actor: Any,
     ) -> None:
         self.parsed, self.report, self.problems = parsed, report, problems
-        self.checksum, self.now = checksum, now
+        self.checksum, self.now, self.actor = checksum, now, actor
         self.patients: dict[str, Patient] = {}
         self.visits: dict[str, Visit] = {}
 
     def write(self) -> None:
+        self._write()
+        if self.patients and not self.problems.items:
+            audit_record(
+                actor=self.actor,
+                action=AuditEntry.Action.IMPORT,
+                patients=list(self.patients.values()),
+                detail=f"FHIR R4 Bundle sha256:{self.checksum}",
+            )
+
+    def _write(self) -> None:
         for key, row in self.parsed.patients.items():
             patient = self._patient(row)
             if patient is not None:
@@ -754,9 +792,8 @@ class _Writer:
         fields = row.fields
         chart_no = fields.get("chart_no")
         if chart_no:
-            found = Patient.objects.filter(
-                chart_no=Patient._meta.get_field("chart_no").to_python(chart_no)
-            ).first()
+            chart_no = Patient._meta.get_field("chart_no").to_python(chart_no)
+            found = Patient.objects.filter(chart_no=chart_no).first()
             if found is not None:
                 return found
         candidate = None
@@ -767,9 +804,16 @@ class _Writer:
             candidate = Patient.objects.filter(national_id_bidx=national_id).first()
         phone = Patient.index_of("phone", fields.get("phone") or "")
         if candidate is None and phone and fields.get("birth_date"):
-            same = list(
-                Patient.objects.filter(phone_bidx=phone, birth_date=fields["birth_date"])[:2]
-            )
+            # Twins share a phone and a birth date: the name must agree too, and a national ID
+            # on record that differs means another person (the tabular import's rule).
+            same = [
+                p
+                for p in Patient.objects.filter(phone_bidx=phone, birth_date=fields["birth_date"])[
+                    :10
+                ]
+                if p.name_bidx == Patient.index_of("name", fields.get("name") or "")
+                and not (national_id and p.national_id_bidx and p.national_id_bidx != national_id)
+            ]
             if len(same) > 1:
                 self.problems.add(
                     row.where,
@@ -836,25 +880,47 @@ class _Writer:
         model = MODELS[row.kind]
         existing = model._default_manager.filter(patient=patient)
         obj: Any = None
-        if row.uuid is not None:
-            obj = existing.filter(uuid=row.uuid).first()
-        if obj is None and None not in row.match.values():
-            obj = existing.filter(**row.match).order_by("pk").first()
         fields = dict(row.fields)
+        if row.external_id:
+            # Matched by the HIS's number alone, as the tabular import does.
+            fields["external_id"] = row.external_id
+            obj = model._default_manager.filter(external_id=row.external_id).first()
+            if obj is not None and obj.patient_id != patient.pk:
+                self.problems.add(
+                    f"{row.where}.identifier",
+                    "此 HIS 編號已屬於另一位病人的紀錄",
+                    "this HIS number belongs to another patient's record",
+                )
+                return None
+        if obj is None and row.uuid is not None:
+            obj = existing.filter(uuid=row.uuid).first()
+        if obj is None and not row.external_id and None not in row.match.values():
+            obj = existing.filter(external_id=None, **row.match).order_by("pk").first()
         if row.kind == "MedicationRequest" and row.encounter_key:
             fields["visit"] = self.visits.get(row.encounter_key)
         if obj is None:
             obj = model(patient=patient, **row.match)
             if row.uuid is not None:
                 obj.uuid = row.uuid
-        elif row.kind == "Appointment" and fields["status"] is not None:
-            # FHIR has one "booked" for our booked and confirmed: keep what we know.
-            if codes.APPOINTMENT_STATUS[obj.status] == codes.APPOINTMENT_STATUS[fields["status"]]:
-                del fields["status"]
+        elif row.kind == "Appointment":
+            self._appointment_status(obj, row, fields)
         saved = self._save(row.where, row.kind, obj, {**row.match, **fields})
         if isinstance(saved, Prescription):
             prescription_sync_refills(prescription=saved)
         return saved
+
+    @staticmethod
+    def _appointment_status(obj: Appointment, row: RecordRow, fields: dict[str, Any]) -> None:
+        """The tabular import's rule: "booked" from elsewhere never undoes a confirmation, an
+        attendance or a cancellation made here; a cancellation, attendance or no-show applies."""
+        if fields["status"] == Appointment.Status.BOOKED and obj.status != fields["status"]:
+            del fields["status"]
+            if (
+                obj.status == Appointment.Status.CONFIRMED
+                and obj.starts_at != row.match["starts_at"]
+            ):
+                # The confirmation was for the old time: the desk and the reminders ask again.
+                fields.update(status=Appointment.Status.BOOKED, confirmed_via="", confirmed_at=None)
 
     def _consent(self, row: ConsentRow, patient: Patient) -> None:
         if row.at > self.now:

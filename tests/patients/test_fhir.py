@@ -480,6 +480,7 @@ def test_an_invalid_bundle_is_refused_naming_resource_and_element_and_nothing_is
     # then
     assert "未匯入任何資料" in str(refused.value)
     assert message in str(refused.value)
+    assert "1958-02-30" not in str(refused.value)  # elements are named, values never shown
     assert not Patient.objects.exists()
     assert not ConsentEntry.objects.exists()
 
@@ -576,3 +577,93 @@ def test_no_patient_data_in_logs(tmp_path, caplog):
     assert "FHIR bundle" in caplog.text  # the import did log, with counts only
     for secret in (NAME, NATIONAL_ID, "912345678", EMAIL, LINE_ID, "F-2001", BAD_PHONE):
         assert secret not in caplog.text
+
+
+def test_import_is_audited_with_the_patients_it_touched(tmp_path):
+    # given
+    path = tmp_path / "bundle.json"
+    path.write_text(exported_then_discarded(), encoding="utf-8")
+
+    # when
+    import_command(path)
+
+    # then
+    entry = AuditEntry.objects.get(action=AuditEntry.Action.IMPORT)
+    assert entry.actor_name == "manage.py import_fhir"
+    assert entry.detail.startswith("FHIR R4 Bundle sha256:")
+    assert list(entry.patients.all()) == [Patient.objects.get()]
+
+
+def test_his_numbers_travel_and_match_a_moved_booking():
+    # given: a booking the HIS knows by its number, confirmed here
+    patient = make_patient()
+    booking = Appointment.objects.get(status=Appointment.Status.BOOKED)
+    booking.external_id = "HIS-A-778"
+    booking.status = Appointment.Status.CONFIRMED
+    booking.confirmed_via = Appointment.ConfirmedVia.PHONE
+    booking.save()
+    document = json.loads(bundle_of(patient))
+    resource = next(
+        e["resource"]
+        for e in document["entry"]
+        if e["resource"].get("identifier")
+        == [{"system": "urn:clinic-crm:fhir:his-number", "value": "HIS-A-778"}]
+    )
+
+    # when: the HIS moved it an hour later
+    resource["start"] = resource["end"] = "2026-03-12T11:30:00+08:00"
+    report = bundle_import(json.dumps(document), now=NOW)
+
+    # then: the same booking moved, and its confirmation (for the old time) is asked again
+    booking.refresh_from_db()
+    assert report.updated == {"Appointment": 1} and not report.created
+    assert booking.starts_at == dt.datetime(2026, 3, 12, 11, 30, tzinfo=TPE)
+    assert booking.status == Appointment.Status.BOOKED and booking.confirmed_via == ""
+
+
+def test_booked_in_a_bundle_never_undoes_a_cancellation_made_here():
+    # given
+    patient = make_patient()
+    document = bundle_of(patient)
+    Appointment.objects.filter(status="booked").update(status=Appointment.Status.CANCELLED)
+
+    # when
+    report = bundle_import(document, now=NOW)
+
+    # then
+    assert not report.updated
+    assert not Appointment.objects.filter(status=Appointment.Status.BOOKED).exists()
+
+
+def test_phone_and_birth_date_match_only_when_the_name_agrees():
+    # given: a twin shares the phone and the birth date
+    patient = make_patient()
+    document = json.loads(bundle_of(patient))
+    twin = document["entry"][0]["resource"]
+    twin["identifier"] = [{"system": "urn:clinic-crm:chart-no", "value": "F-2002"}]
+    twin["name"] = [{"text": "林淑芳"}]
+    document["entry"] = document["entry"][:1]
+
+    # when
+    report = bundle_import(json.dumps(document), now=NOW)
+
+    # then
+    assert report.created == {"Patient": 1}
+    assert Patient.objects.count() == 2
+
+
+def test_a_consent_dated_by_day_only_is_recorded_at_the_start_of_that_day():
+    # given
+    document = json.loads(exported_then_discarded())
+    for entry in document["entry"]:
+        if entry["resource"]["resourceType"] == "Consent":
+            entry["resource"]["dateTime"] = entry["resource"]["dateTime"][:10]
+
+    # when
+    bundle_import(json.dumps(document), now=NOW)
+
+    # then
+    assert sorted(ConsentEntry.objects.values_list("recorded_at", flat=True)) == [
+        dt.datetime(2025, 6, 1, tzinfo=TPE),
+        dt.datetime(2025, 9, 9, tzinfo=TPE),
+    ]

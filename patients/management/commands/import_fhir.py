@@ -5,6 +5,8 @@ from django.utils import timezone
 
 from patients.fhir import MAX_BUNDLE_BYTES, FhirImportError, ImportReport, bundle_import
 
+# No staff account runs a management command; the audit log names the command instead.
+ACTOR = "manage.py import_fhir"
 KINDS = ("Patient", "Encounter", "MedicationRequest", "Procedure", "Appointment", "Consent")
 
 
@@ -33,7 +35,7 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"無法讀取 {bundle}（can't read it: {exc.strerror}）") from exc
         try:
-            report = bundle_import(data, now=timezone.now(), dry_run=dry_run)
+            report = bundle_import(data, now=timezone.now(), actor=ACTOR, dry_run=dry_run)
         except FhirImportError as exc:
             count = len(exc.problems)
             raise CommandError(
