@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.text import capfirst
+from django.utils.text import capfirst, format_lazy
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
@@ -234,10 +234,14 @@ class MessageTemplateForm(forms.ModelForm[MessageTemplate]):
         }
         help_texts = {
             "subject": _("E-mail only."),
-            "body": _(
-                "Fields such as {{ patient.display_name }} or {{ clinic.phone }}, the filters "
-                '|default:"…", |upper and |lower, and {% if … %}…{% endif %}. Anything else is '
-                "refused with what is allowed. At most 2,000 characters."
+            "body": format_lazy(
+                "{} {}",
+                _(
+                    "Fields such as {{ patient.display_name }} or {{ clinic.phone }}, the filters "
+                    '|default:"…", |upper and |lower, and {% if … %}…{% endif %}. Anything else is '
+                    "refused with what is allowed. At most 2,000 characters."
+                ),
+                _('A link whose opening is counted: {% link "https://…" %} (at most 3).'),
             ),
         }
 

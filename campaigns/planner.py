@@ -18,12 +18,14 @@ from datetime import date, datetime, timedelta
 from itertools import islice
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
 from campaigns.context import message_context
 from campaigns.costs import channel_size
 from campaigns.kinds import KINDS, Due, Refs, days_in
+from campaigns.links import LINKS_KEY, LinkTokens, site_url, uses_links
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.policy import channel_order_for, plan_decision, policy_annotations
 from campaigns.templating import RenderFailure, TemplateRenderError, render_message
@@ -36,7 +38,7 @@ from patients.models import (
     Procedure,
     RefillWindow,
 )
-from reminders.models import OutboxMessage, StaffTask
+from reminders.models import OutboxMessage, StaffTask, TrackedLink
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,15 @@ RELATED = {
 class PlanResult:
     queued: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Link:
+    """A tracked link made while rendering `message`, saved once the message has its id."""
+
+    message: OutboxMessage
+    token: str
+    url: str
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,10 @@ def plan_rule(
     """Queue what `rule` has due at `now`; record why each other due patient got nothing."""
     today = timezone.localdate(now)
     templates = {(t.channel, t.language): t for t in MessageTemplate.objects.filter(rule=rule)}
+    # Tracked links need the public address; without it, planning the rule fails here, loud,
+    # rather than texting patients a link that leads nowhere. A dry run shows stand-ins.
+    sources = [text for t in templates.values() for text in (t.subject, t.body)]
+    base = site_url() if uses_links(*sources) and not dry_run else ""
     result = PlanResult()
     dues = _dues(rule, now=now, profile=profile)
     while batch := list(islice(dues, BATCH)):
@@ -114,9 +129,25 @@ def plan_rule(
             else:
                 assert decision.send_at is not None  # noqa: S101 - queued means a time
                 to_queue.append(ToQueue(due, decision.channel, decision.send_at))
-        messages = _render_all(rule, to_queue, templates, profile, result, skips, today, now)
+        links: list[Link] = []
+        messages = _render_all(
+            rule,
+            to_queue,
+            templates,
+            profile,
+            result,
+            skips,
+            today,
+            now,
+            links=links,
+            link_base=base,
+        )
         if not dry_run:
-            OutboxMessage.objects.bulk_create(messages, batch_size=1000, ignore_conflicts=True)
+            # A message whose link has no row yet would send the patient to a 404.
+            with transaction.atomic():
+                OutboxMessage.objects.bulk_create(messages, batch_size=1000, ignore_conflicts=True)
+                if links:
+                    _save_links(rule, links, now)
             Skip.objects.bulk_create(
                 skips,
                 batch_size=1000,
@@ -128,6 +159,30 @@ def plan_rule(
     if not dry_run and rule.kind == RuleKind.POSTOP and rule.staff_call:
         _plan_call_tasks(rule, today)
     return result
+
+
+def _save_links(rule: Rule, links: list[Link], now: datetime) -> None:
+    """The TrackedLink rows of the messages just inserted, in bulk. A message dropped by the
+    unique key (planned at once by another worker) has its own links there; its are dropped."""
+    ids = dict(
+        OutboxMessage.objects.filter(uuid__in={link.message.uuid for link in links}).values_list(
+            "uuid", "id"
+        )
+    )
+    TrackedLink.objects.bulk_create(
+        [
+            TrackedLink(
+                token=link.token,
+                message_id=ids[link.message.uuid],
+                rule=rule,
+                url=link.url,
+                created_at=now,
+            )
+            for link in links
+            if link.message.uuid in ids
+        ],
+        batch_size=1000,
+    )
 
 
 def _existing_keys(rule: Rule, patient_ids: set[int]) -> set[tuple[int, str]]:
@@ -164,8 +219,14 @@ def _render_all(
     skips: list[Skip],
     today: date,
     now: datetime,
+    *,
+    links: list[Link] | None = None,
+    link_base: str = "",
 ) -> list[OutboxMessage]:
-    """Outbox rows for the due patients, with the texts of the chosen and later channels."""
+    """Outbox rows for the due patients, with the texts of the chosen and later channels.
+
+    With `link_base` (the checked SITE_URL), each message's tracked links get their tokens and
+    are appended to `links`; without it they render as stand-ins of the same length."""
     patients = Patient.objects.in_bulk({item.due.row["pid"] for item in to_queue})
     related = _load_related(to_queue)
     messages = []
@@ -181,6 +242,9 @@ def _render_all(
             due=due,
             today=today,
         )
+        tokens = LinkTokens(link_base) if link_base else None
+        if tokens is not None:
+            context[LINKS_KEY] = tokens
         try:
             texts = _texts(templates, channel, language, context)
         except TemplateRenderError as error:
@@ -199,34 +263,38 @@ def _render_all(
         for other in channel_order_for(rule, patient.preferred_channel):
             if other == channel:
                 continue
+            made = dict(tokens.tokens) if tokens is not None else {}
             try:
                 alt = _texts(templates, other, language, context)
             except TemplateRenderError as error:
                 _log_render_error(rule, patient, other, error)
+                if tokens is not None:
+                    tokens.tokens = made  # no link rows for a text that is not kept
                 continue
             later.append(other)
             if alt:
                 fallbacks[other] = alt
-        messages.append(
-            OutboxMessage(
-                rule=rule,
-                patient=patient,
-                occurrence_key=due.occurrence_key,
-                purpose=rule.purpose,
-                channel=channel,
-                channels_left=later,
-                priority=rule.priority,
-                due_at=item.send_at,
-                next_attempt_at=item.send_at,
-                expires_at=due.expires_at,
-                subject=texts[0],
-                body=texts[1],
-                **channel_size(channel, texts[1], patient.phone),
-                fallbacks=json.dumps(fallbacks, ensure_ascii=False) if fallbacks else "",
-                anchor_at=due.anchor_at,
-                **due.refs,
-            )
+        message = OutboxMessage(
+            rule=rule,
+            patient=patient,
+            occurrence_key=due.occurrence_key,
+            purpose=rule.purpose,
+            channel=channel,
+            channels_left=later,
+            priority=rule.priority,
+            due_at=item.send_at,
+            next_attempt_at=item.send_at,
+            expires_at=due.expires_at,
+            subject=texts[0],
+            body=texts[1],
+            **channel_size(channel, texts[1], patient.phone),
+            fallbacks=json.dumps(fallbacks, ensure_ascii=False) if fallbacks else "",
+            anchor_at=due.anchor_at,
+            **due.refs,
         )
+        messages.append(message)
+        if tokens is not None and links is not None:
+            links.extend(Link(message, token, url) for url, token in tokens.tokens.items())
     return messages
 
 

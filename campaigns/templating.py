@@ -1,12 +1,13 @@
 """Message templates: the fixed context they may use, checking, rendering and sizing per channel.
 
-Templates use Django template syntax limited to `{{ variable|filter }}` and
-`{% if %}/{% elif %}/{% else %}/{% endif %}`, over the variables in COMMON_FIELDS and each
-kind's template_fields (campaigns.kinds), and the filters in FILTERS, whose argument must be a
-literal. A template naming anything else is rejected when it is saved, not discovered when a
-patient gets a blank: a variable argument (`|add:patient.name`) or a padding filter
-(`|ljust:"5000000"`) would let a saved text leak other fields, fail on one patient's data or
-grow to megabytes.
+Templates use Django template syntax limited to `{{ variable|filter }}`,
+`{% if %}/{% elif %}/{% else %}/{% endif %}` and tracked links `{% link "https://…" %}` (a
+literal http(s) URL, at most MAX_LINKS a text; campaigns.links), over the variables in
+COMMON_FIELDS and each kind's template_fields (campaigns.kinds), and the filters in FILTERS,
+whose argument must be a literal. A template naming anything else is rejected when it is
+saved, not discovered when a patient gets a blank: a variable argument (`|add:patient.name`)
+or a padding filter (`|ljust:"5000000"`) would let a saved text leak other fields, fail on one
+patient's data or grow to megabytes.
 
 Rendering a message goes through render_message, which also holds each channel's size limit
 and raises TemplateRenderError, whose text never contains patient data (safe to log).
@@ -19,12 +20,15 @@ from datetime import date, datetime
 from functools import lru_cache
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.validators import URLValidator
 from django.template import Context, Engine, TemplateSyntaxError
 from django.template.base import Lexer, Template, Token, TokenType, Variable, filter_re
 from django.utils import timezone
 from django.utils.html import escape, linebreaks
 from django.utils.translation import gettext as _
 
+from campaigns.links import literal, site_url
 from patients.models import ContactChannel
 
 # Variables every template may use, then those of each rule kind. A template names exactly
@@ -33,7 +37,7 @@ COMMON_FIELDS: dict[str, tuple[str, ...]] = {
     "patient": ("display_name", "name"),
     "clinic": ("name", "phone", "address", "line_account_name"),
 }
-ALLOWED_TAGS = frozenset({"if", "elif", "else", "endif"})
+ALLOWED_TAGS = frozenset({"if", "elif", "else", "endif", "link"})
 IF_WORDS = frozenset({"and", "or", "not", "in", "is", "==", "!=", "<", ">", "<=", ">="})
 # The filters a message may use, and whether each takes an argument (then a literal). Dates
 # and times arrive formatted, so no date filters; padding and repeating filters could make one
@@ -50,7 +54,11 @@ LINE_MAX_TEXT_UNITS = 5000
 EMAIL_MAX_BODY_CHARS = 20_000
 EMAIL_MAX_SUBJECT_CHARS = 200
 
-_engine = Engine(autoescape=False)
+# Links: a few per text, each short enough to read aloud from a phone's screen.
+MAX_LINKS = 3
+LINK_MAX_CHARS = 300
+
+_engine = Engine(autoescape=False, builtins=["campaigns.links"])
 
 
 class TemplateProblem(Exception):
@@ -117,6 +125,7 @@ def check_template(source: str, *, kind: str | None, max_chars: int = BODY_MAX_C
         _engine.from_string(source)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(_("Template syntax error: %(error)s") % {"error": exc}) from exc
+    _check_link_count(source)
     for variable in variables:
         if variable.literal is not None:
             continue
@@ -152,9 +161,55 @@ def _block_variables(token: Token) -> Iterator[Variable]:
         raise TemplateProblem(
             _("The tag {%% %(tag)s %%} is not allowed in messages.") % {"tag": bits[0]}
         )
+    if bits[0] == "link":
+        _check_link(bits)
+        return
     for bit in bits[1:]:
         if bit not in IF_WORDS:
             yield from _expression_variables(bit)
+
+
+def _check_link(bits: list[str]) -> None:
+    """A link is one literal http(s) URL of at most LINK_MAX_CHARS, and needs SITE_URL."""
+    if len(bits) != 2 or not literal(bits[1]):
+        raise TemplateProblem(
+            _('A link is written {% link "https://…" %}: one address in quotes, no fields.')
+        )
+    url = bits[1][1:-1]
+    if len(url) > LINK_MAX_CHARS:
+        raise TemplateProblem(
+            _("The link is %(count)d characters long; at most %(max)d are allowed.")
+            % {"count": len(url), "max": LINK_MAX_CHARS}
+        )
+    try:
+        _url_validator(url)
+    except ValidationError:
+        raise TemplateProblem(
+            _("The link must be a full web address starting with https:// or http://.")
+        ) from None
+    try:
+        site_url()
+    except ImproperlyConfigured:
+        # Saved now, every message of the rule would fail to plan (or lead nowhere).
+        raise TemplateProblem(
+            _("Links can't be used until the server's SITE_URL setting is set.")
+        ) from None
+
+
+_url_validator = URLValidator(schemes=["http", "https"])
+
+
+def _check_link_count(source: str) -> None:
+    count = sum(
+        1
+        for token in Lexer(source).tokenize()
+        if token.token_type == TokenType.BLOCK and token.split_contents()[:1] == ["link"]
+    )
+    if count > MAX_LINKS:
+        raise TemplateProblem(
+            _("The text has %(count)d links; at most %(max)d are allowed.")
+            % {"count": count, "max": MAX_LINKS}
+        )
 
 
 def _expression_variables(text: str) -> Iterator[Variable]:

@@ -1,0 +1,98 @@
+"""Tracked links in message templates: `{% link "https://clinic.example/x" %}`.
+
+Each message gets its own random token per link and the patient gets `<SITE_URL>/r/<token>/`:
+a click is counted for the message (and so its rule) and sent on to the link, and the URL says
+nothing about the patient. A message's fallback texts (campaigns.planner) render with the same
+tokens: it is one message whichever channel delivers it, only one of its texts is ever sent,
+and a click counts for the message either way.
+
+Rendering without a message (the admin's preview, sample data) gives a stand-in URL of the
+same length, so the SMS segment count of the preview is the real one.
+"""
+
+import re
+import secrets
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.template import Context, Library, Node, TemplateSyntaxError
+from django.template.base import Parser, Token
+
+register = Library()
+
+# The context key the planner puts a message's LinkTokens under. Templates can't name it: a
+# name starting with "_" is refused (campaigns.templating).
+LINKS_KEY = "_tracked_links"
+TOKEN_BYTES = 16  # secrets.token_urlsafe: 22 characters, 128 bits, never guessed
+TOKEN_CHARS = 22
+USES_LINK = re.compile(r"{%\s*link\s")
+# Hosts that are never a patient's way back to us.
+LOCAL_HOSTS = re.compile(r"^https?://(localhost|127\.|0\.0\.0\.0|\[::1\])", re.IGNORECASE)
+
+
+def uses_links(*sources: str) -> bool:
+    return any(USES_LINK.search(source) for source in sources)
+
+
+def site_url() -> str:
+    """The base of tracked links, checked. Raises ImproperlyConfigured when SITE_URL is unset,
+    not an absolute http(s) URL, or (DEBUG off) not https or a local address: a patient must
+    never get a link that leads nowhere."""
+    base: str = settings.SITE_URL
+    if not base:
+        raise ImproperlyConfigured(
+            "SITE_URL is not set: a message template uses {% link %}, and its links would lead "
+            "nowhere. Set SITE_URL to the clinic's public address (https://…)."
+        )
+    if not re.match(r"^https?://[^/\s]+", base):
+        raise ImproperlyConfigured(f"SITE_URL must be an absolute http(s) address, not {base!r}.")
+    if not settings.DEBUG and (not base.startswith("https://") or LOCAL_HOSTS.match(base)):
+        raise ImproperlyConfigured("SITE_URL must be a public https address in production.")
+    return base
+
+
+def link_url(base: str, token: str) -> str:
+    return f"{base}/r/{token}/"
+
+
+class LinkTokens:
+    """The tokens of one message's links, one per distinct URL, made as the texts render."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.tokens: dict[str, str] = {}  # url → token
+
+    def url_for(self, url: str) -> str:
+        token = self.tokens.get(url)
+        if token is None:
+            token = self.tokens[url] = secrets.token_urlsafe(TOKEN_BYTES)
+        return link_url(self.base, token)
+
+
+def stand_in_url() -> str:
+    """A link as long as a real one, for previews."""
+    return link_url(settings.SITE_URL or "https://example.invalid", "x" * TOKEN_CHARS)
+
+
+class LinkNode(Node):
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def render(self, context: Context) -> str:
+        links = context.get(LINKS_KEY)
+        if isinstance(links, LinkTokens):
+            return links.url_for(self.url)
+        return stand_in_url()
+
+
+@register.tag("link")
+def link(parser: Parser, token: Token) -> LinkNode:
+    """`{% link "https://…" %}`: the literal URL, checked further by campaigns.templating."""
+    bits = token.split_contents()
+    if len(bits) != 2 or not literal(bits[1]):
+        raise TemplateSyntaxError('{% link %} takes one URL in quotes: {% link "https://…" %}')
+    return LinkNode(bits[1][1:-1])
+
+
+def literal(bit: str) -> bool:
+    return len(bit) >= 2 and bit[0] == bit[-1] and bit[0] in "\"'"
