@@ -699,7 +699,16 @@ class ImportRun(models.Model):
         # Bad rows in an all-or-nothing run, or too many rejects for a feed: nothing written.
         REJECTED = "rejected", _("rejected")
 
+    class Origin(models.TextChoices):
+        COMMAND = "command", _("command line")
+        ADMIN = "admin", _("admin page")
+        # The worker's daily feed folder (patients.imports.feed): its failures need a manager.
+        FEED = "feed", _("daily feed")
+
     kind = models.CharField(_("records"), max_length=16, choices=ImportKind.choices)
+    origin = models.CharField(
+        _("origin"), max_length=10, choices=Origin.choices, default=Origin.COMMAND
+    )
     file_name = models.CharField(_("file name"), max_length=255, validators=[validate_single_line])
     checksum = models.CharField(_("SHA-256 checksum"), max_length=64, blank=True, db_index=True)
     encoding = models.CharField(_("encoding"), max_length=20, blank=True)
@@ -739,6 +748,8 @@ class ImportRun(models.Model):
     # The first row errors (row, column, masked value, reason): never a whole value.
     errors = models.JSONField(_("row errors"), default=list, blank=True)
     rejects_file = models.CharField(_("rejected rows file"), max_length=500, blank=True)
+    # The header → field mapping this run used, as run (a saved mapping may change later).
+    columns = models.JSONField(_("columns"), default=dict, blank=True)
 
     class Meta:
         ordering = ["-queued_at"]
