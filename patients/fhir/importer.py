@@ -11,6 +11,7 @@ so the same bundle imported twice changes nothing.
 import hashlib
 import json
 import logging
+import re
 import uuid as uuidlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
 # Past this many the list stops helping the person reading it.
 MAX_PROBLEMS = 100
+NUL = re.compile(rb"\x00|\\u0000", re.IGNORECASE)
 RESOURCE_TYPES = ("Patient", "Encounter", "MedicationRequest", "Procedure", "Appointment")
 ALL_TYPES = (*RESOURCE_TYPES, "Consent")
 
@@ -186,6 +188,11 @@ def bundle_import(
             ]
         )
     checksum = hashlib.sha256(raw).hexdigest()
+    if NUL.search(raw):
+        # PostgreSQL refuses NUL in text, and no clinical text needs one.
+        raise FhirImportError(
+            [Problem("Bundle", "檔案含有 NUL 字元", "the file contains NUL characters")]
+        )
     data = _load_json(raw)
     _check_shape(data)
     try:
@@ -277,13 +284,17 @@ def _model_problems(exc: pydantic.ValidationError, data: dict[str, Any]) -> list
     """fhir.resources' errors, located by entry number and element, without the input value."""
     problems = []
     for error in exc.errors()[:MAX_PROBLEMS]:
-        loc = [part for part in error["loc"] if isinstance(part, int) or "[" not in str(part)]
+        # pydantic's own steps ("root", "function-after[...]") mean nothing to a reader.
+        loc = [
+            part
+            for part in error["loc"]
+            if isinstance(part, int) or ("[" not in str(part) and part != "root")
+        ]
         if len(loc) >= 3 and loc[0] == "entry" and isinstance(loc[1], int):
             kind = data["entry"][loc[1]]["resource"].get("resourceType")
-            path = ".".join(str(part) for part in loc[3:]) or "resource"
-            where = f"entry {loc[1] + 1} {kind}.{path}"
+            where = f"entry {loc[1] + 1} {kind}{_fhir_path(loc[3:])}"
         else:
-            where = "Bundle." + ".".join(str(part) for part in loc)
+            where = f"Bundle{_fhir_path(loc)}"
         message = str(error["msg"])
         if error["type"] in MODEL_ERRORS:
             zh, en = MODEL_ERRORS[error["type"]]
@@ -295,6 +306,11 @@ def _model_problems(exc: pydantic.ValidationError, data: dict[str, Any]) -> list
             zh, en = "值不符合 FHIR R4 格式", message
         problems.append(Problem(where, zh, en))
     return problems
+
+
+def _fhir_path(parts: list[Any]) -> str:
+    """.identifier[0].system, as FHIRPath writes it."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts)
 
 
 def _text(concept: Any) -> str:
@@ -384,8 +400,14 @@ class _Reader:
                 # A Chinese name is family name then given name, unspaced.
                 joiner = "" if family and not family.isascii() else " "
                 fields["name"] = joiner.join(part for part in (family, given) if part)
-        if resource.gender:
+        if resource.gender in codes.SEX:
             fields["sex"] = codes.SEX[resource.gender]
+        elif resource.gender:
+            self.problem(
+                f"{where}.gender",
+                "需為 male、female、other 或 unknown",
+                "must be male, female, other or unknown",
+            )
         if resource.birthDate is not None:
             if isinstance(resource.birthDate, date):
                 fields["birth_date"] = resource.birthDate

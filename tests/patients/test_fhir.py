@@ -457,6 +457,14 @@ INVALID = {
         ].pop("dateTime"),
         "Consent.dateTime：需要同意的日期與時間",
     ),
+    "unknown gender": (
+        _set(["entry", 0, "resource", "gender"], "f"),
+        "entry 1 Patient.gender：需為 male、female、other 或 unknown",
+    ),
+    "NUL character": (
+        _set(["entry", 0, "resource", "name", 0, "text"], "林\x00淑芬"),
+        "Bundle：檔案含有 NUL 字元",
+    ),
     "second patient fails in the database": (
         _second_patient_with_bad_phone,
         "entry 15 Patient.telecom(phone)：",
