@@ -222,6 +222,21 @@ FHIR_CHART_NO_SYSTEM = env_str("FHIR_CHART_NO_SYSTEM", "urn:clinic-crm:chart-no"
 # A full-day appointment feed (import_records appointments --full-day) cancels bookings of the
 # days it covers that are no longer in it, so no reminder goes out for a visit the HIS dropped.
 IMPORT_CANCEL_VANISHED_APPOINTMENTS = env_bool("IMPORT_CANCEL_VANISHED_APPOINTMENTS", True)
+# The admin's import page keeps uploaded files here (never under a served URL) until the run
+# ends; uploads nobody imported and files of rejected rows are deleted after IMPORT_KEEP_HOURS.
+IMPORT_DIR = Path(env_str("IMPORT_DIR") or BASE_DIR / "var" / "imports")
+IMPORT_MAX_UPLOAD_MB = int(env_str("IMPORT_MAX_UPLOAD_MB", "50"))
+IMPORT_KEEP_HOURS = int(env_str("IMPORT_KEEP_HOURS", "72"))
+# The daily feed (patients/imports/feed.py): a folder with one sub-folder per saved mapping,
+# watched by the worker every IMPORT_FEED_MINUTES (empty: no feed). A file with more than
+# IMPORT_FEED_MAX_REJECT_SHARE bad rows is refused whole. A file touched in the last
+# IMPORT_FEED_SETTLE_SECONDS may still be being written and waits for the next scan.
+IMPORT_FEED_DIR = env_str("IMPORT_FEED_DIR")
+IMPORT_FEED_MINUTES = int(env_str("IMPORT_FEED_MINUTES", "10"))
+IMPORT_FEED_MAX_REJECT_SHARE = float(env_str("IMPORT_FEED_MAX_REJECT_SHARE", "0.05"))
+IMPORT_FEED_SETTLE_SECONDS = int(env_str("IMPORT_FEED_SETTLE_SECONDS", "60"))
+# An appointments feed file is the HIS's whole list for the days it covers (see above).
+IMPORT_FEED_FULL_DAY = env_bool("IMPORT_FEED_FULL_DAY", True)
 
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
