@@ -35,6 +35,7 @@ from datetime import date, datetime, time, timedelta
 from itertools import islice
 from typing import Any
 
+from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.db.models.functions import Greatest, TruncDate
 from django.utils import timezone
@@ -80,13 +81,44 @@ def week_ahead(
     nothing. Raises ValueError when `days` is not positive."""
     if days < 1:
         raise ValueError("days must be at least 1")
-    today = timezone.localdate(now)
-    last = today + timedelta(days=days - 1)
     rules = Rule.objects.filter(enabled=True).prefetch_related("conditions")
     if rule_ids is not None:
         rules = rules.filter(pk__in=list(rule_ids))
-    counts: Counter[Key] = Counter()
     patients = _patients(department=department, doctor=doctor)
+    outermost = not connection.in_atomic_block
+    with transaction.atomic(), timezone.override(timezone.get_default_timezone()):
+        # The clinic's zone, active: each of the many send-time lookups below then finds it
+        # at once instead of falling back to the default (a measurable share of the time).
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                if outermost:
+                    # One snapshot for every query: a planning pass that commits meanwhile
+                    # can't move a message from "due" to "queued" and be counted twice; and
+                    # the database itself refuses any write.
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                # Sixty-odd short queries: compiling each (JIT) costs about as much as running
+                # it.
+                cursor.execute("SET LOCAL jit = off")
+        counts = _count(rules, now=now, days=days, channel=channel, patients=patients)
+    return [
+        ForecastRow(rule_id, day, on, n)
+        for (rule_id, day, on), n in sorted(counts.items())
+        if n > 0
+    ]
+
+
+def _count(
+    rules: QuerySet[Rule],
+    *,
+    now: datetime,
+    days: int,
+    channel: str | None,
+    patients: "Patients | None",
+) -> Counter[Key]:
+    """The queued messages and the planner's dry run, added up per rule, day and channel."""
+    today = timezone.localdate(now)
+    last = today + timedelta(days=days - 1)
+    counts: Counter[Key] = Counter()
     _count_queued(counts, rules, now=now, last=last, channel=channel, patients=patients)
     profile = ClinicProfile.load()
     # The planner runs every few minutes: each later day is decided as that day begins.
@@ -101,11 +133,7 @@ def week_ahead(
             channel=channel,
             patients=patients,
         )
-    return [
-        ForecastRow(rule_id, day, on, n)
-        for (rule_id, day, on), n in sorted(counts.items())
-        if n > 0
-    ]
+    return counts
 
 
 @dataclass(frozen=True)
