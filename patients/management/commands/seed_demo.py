@@ -15,6 +15,7 @@ account on a seeded database.
 import itertools
 import random
 import time as clock
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,15 +24,26 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import reset_queries, transaction
+from django.db.models import Exists, OuterRef
 from django.db.models.functions import Length
 from django.utils import timezone
 
 # The demo command writes across apps (the reminders of the demo day); patients' own code
 # never imports campaigns or reminders.
 from campaigns.models import Rule, RuleKind, Skip, SkipReason
-from campaigns.sendwindow import day_bounds
+from campaigns.policy import is_held_out
+from campaigns.sendwindow import LONGEST_CLOSURE_DAYS, at_local, day_bounds, is_open_day
+from campaigns.templating import sms_size
 from consent.models import Action, Channel, ConsentEntry, Purpose, Source
 from consent.services import consent_bulk_record
+from patients.management.demo_history import (
+    HISTORY_DAYS,
+    Collected,
+    HistoryContext,
+    PatientHistory,
+    created_at_as_given,
+    rule_history_setup,
+)
 from patients.models import (
     DEFAULT_DOSE_TIMES,
     Appointment,
@@ -45,7 +57,7 @@ from patients.models import (
     RefillWindow,
     Visit,
 )
-from reminders.models import OutboxMessage
+from reminders.models import Attempt, OutboxMessage
 from reminders.models import Status as MessageStatus
 
 # Patients generated and written per round: bounds memory whatever --patients is.
@@ -393,6 +405,8 @@ class _Generator:
         if chronic:
             count = rng.randint(2, 5)
             ago = 18 if "refill_opens_today" in forced else rng.randint(1, 100)
+            if not forced and rng.random() < 0.15:
+                ago += 100  # lapsed: the recall rule's patients, now and in the demo's past
         else:
             count = rng.choices(range(6), weights=(15, 30, 25, 15, 10, 5))[0]
             ago = rng.randint(1, 730)
@@ -686,15 +700,19 @@ def _demo_clinic() -> None:
         profile.save()
 
 
-def demo_seed(*, seed: int, count: int, today: date) -> Counter:
-    """Write `count` synthetic patients and their records; returns rows written per kind."""
+def demo_seed(*, seed: int, count: int, now: datetime) -> Counter:
+    """Write `count` synthetic patients, their records and what the care rules did for them
+    over the last HISTORY_DAYS days; returns rows written per kind."""
+    today = timezone.localdate(now)
     condition_ids = dict(Condition.objects.values_list("code", "id"))
     _demo_clinic()
+    rule_history_setup(now=now)
+    history = HistoryContext.load(seed=seed, now=now, new_appointment=_new_appointment)
     first_number = next_chart_number()
     counts: Counter = Counter(first=first_number, last=first_number + count - 1)
     patients = demo_patients(seed=seed, count=count, today=today, first_number=first_number)
     for chunk in _chunks(patients, CHUNK):
-        _write(chunk, condition_ids=condition_ids, counts=counts)
+        _write(chunk, condition_ids=condition_ids, counts=counts, history=history)
         # With DEBUG on, Django keeps the text of the last 9000 queries: at megabytes per bulk
         # INSERT that alone would hold gigabytes.
         reset_queries()
@@ -714,6 +732,13 @@ REMINDER_OUTCOMES = {
     "none": 10,
 }
 FAILURES = ["空號或號碼錯誤（Twilio 21211）", "對方已封鎖 LINE 官方帳號", "電信業者拒收"]
+# The one attempt of each demo-day reminder that reached a provider.
+DAY_ATTEMPT_OUTCOMES: dict[str, str] = {
+    MessageStatus.SENT: Attempt.Outcome.SENT,
+    MessageStatus.DELIVERED: Attempt.Outcome.SENT,
+    MessageStatus.UNKNOWN: Attempt.Outcome.UNKNOWN,
+    MessageStatus.FAILED: Attempt.Outcome.PERMANENT,
+}
 CONFIRMED_VIA_WEIGHTS = {
     Appointment.ConfirmedVia.REPLY: 45,
     Appointment.ConfirmedVia.LINE: 25,
@@ -732,6 +757,10 @@ def demo_days(*, seed: int, today: date, first: int, last: int, now: datetime) -
     rules = {
         rule.asks_confirmation: rule for rule in Rule.objects.filter(kind=RuleKind.APPOINTMENT)
     }
+    rule = rules.get(True) or rules.get(False)
+    # The week-ahead notices of the past already name these days' visits: what marks a visit
+    # as done by an earlier run is its confirmation request.
+    answered = Exists(OutboxMessage.objects.filter(appointment_id=OuterRef("pk"), rule=rule))
     for offset in (0, 1):
         day = today + timedelta(days=offset)
         start, end = day_bounds(day)
@@ -743,7 +772,7 @@ def demo_days(*, seed: int, today: date, first: int, last: int, now: datetime) -
         # At 100,000 patients the generator alone books thousands for tomorrow: only the first
         # ones by time get the demo's statuses and reminders.
         ids = list(
-            on_day.filter(outboxmessage__isnull=True, patient__erased_at__isnull=True)
+            on_day.filter(~answered, patient__erased_at__isnull=True)
             .order_by("starts_at", "id")
             .values_list("id", flat=True)[: DAY_APPOINTMENTS[1]]
         )
@@ -752,7 +781,7 @@ def demo_days(*, seed: int, today: date, first: int, last: int, now: datetime) -
             .select_related("patient")
             .order_by("starts_at", "id")
         )
-        counts.update(_demo_day_states(rng, appointments, rules, today=day == today, now=now))
+        counts.update(_demo_day_states(rng, appointments, rule, today=day == today, now=now))
     return counts
 
 
@@ -788,13 +817,14 @@ def _demo_day_appointments(rng: random.Random, day: date, first: int, last: int,
 def _demo_day_states(
     rng: random.Random,
     appointments: list[Appointment],
-    rules: dict[bool, Rule],
+    rule: Rule | None,
     *,
     today: bool,
     now: datetime,
 ) -> Counter:
     counts: Counter = Counter()
     messages, skips = [], []
+    profile = ClinicProfile.load()
     for index, appointment in enumerate(appointments):
         early = index < len(appointments) * 0.4
         if today and early:
@@ -811,11 +841,22 @@ def _demo_day_states(
         outcome = rng.choices(list(REMINDER_OUTCOMES), list(REMINDER_OUTCOMES.values()))[0]
         if appointment.confirmed_via == Appointment.ConfirmedVia.REPLY:
             outcome = MessageStatus.DELIVERED  # a reply answers a message that arrived
-        rule = rules.get(True) or rules.get(False)
         if rule is None or outcome == "none":
             continue
         key = f"appointment:{appointment.pk}:{appointment.starts_at.astimezone(UTC).isoformat()}"
-        sent_at = now - timedelta(hours=rng.randint(3, 26))
+        sent_at = _sending_time_before(now - timedelta(hours=rng.randint(3, 26)), profile)
+        if is_held_out(rule, appointment.patient_id):
+            # The comparison group gets no confirmation request, here as in the past.
+            skips.append(
+                Skip(
+                    rule=rule,
+                    patient=appointment.patient,
+                    occurrence_key=key,
+                    reason=SkipReason.HOLDOUT,
+                    at=sent_at,
+                )
+            )
+            continue
         if outcome == "skip":
             patient = appointment.patient
             reason = (
@@ -829,7 +870,21 @@ def _demo_day_states(
             continue
         messages.append(_demo_reminder(rng, appointment, rule, key, outcome, sent_at))
     Appointment.objects.bulk_update(appointments, ["status", "confirmed_via", "confirmed_at"])
-    OutboxMessage.objects.bulk_create(messages, ignore_conflicts=True)
+    # No conflicts to ignore: appointments with a request already were left out above, and
+    # the attempts need the messages' ids back.
+    OutboxMessage.objects.bulk_create(messages)
+    Attempt.objects.bulk_create(
+        Attempt(
+            message=message,
+            channel=message.channel,
+            started_at=message.sent_at,
+            finished_at=message.sent_at + timedelta(seconds=2),
+            outcome=DAY_ATTEMPT_OUTCOMES[message.status],
+            error=message.error,
+        )
+        for message in messages
+        if message.sent_at is not None
+    )
     Skip.objects.bulk_create(skips, ignore_conflicts=True)  # a second run on the same day
     counts.update(day_reminders=len(messages), day_skips=len(skips))
     return counts
@@ -853,8 +908,15 @@ def _demo_reminder(
         error = rng.choice(FAILURES)
     elif outcome == MessageStatus.DROPPED:
         error = "病人已於櫃台改約"
+    if outcome == MessageStatus.DELIVERED and channel != Channel.SMS:
+        outcome = MessageStatus.SENT  # only SMS comes back with a delivery report
     reached = outcome in (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.UNKNOWN)
+    body = (
+        f"{patient.name}您好，提醒您 {starts:%m/%d %H:%M} {appointment.department}"
+        f"（{appointment.doctor}）回診，請回覆 1 確認、2 更改時間。"
+    )
     return OutboxMessage(
+        uuid=uuid.UUID(int=rng.getrandbits(128), version=4),  # the same seed, the same rows
         rule=rule,
         patient=patient,
         appointment=appointment,
@@ -872,14 +934,56 @@ def _demo_reminder(
         if outcome == MessageStatus.DELIVERED
         else None,
         attempts=1,
-        body=(
-            f"{patient.name}您好，提醒您 {starts:%m/%d %H:%M} {appointment.department}"
-            f"（{appointment.doctor}）回診，請回覆 1 確認、2 更改時間。"
-        ),
+        body=body,
+        segments=sms_size(body).segments if channel == Channel.SMS else 1,
+        country="TW" if channel == Channel.SMS else "",
     )
 
 
-def _write(chunk: list[DemoPatient], *, condition_ids: dict[str, int], counts: Counter) -> None:
+def _sending_time_before(moment: datetime, profile: ClinicProfile) -> datetime:
+    """`moment` if the clinic sends then, else a few minutes before the end of its last send
+    window before it: no demo message went out at night or on a closed day."""
+    local = timezone.localtime(moment)
+    day = local.date()
+    for _day in range(LONGEST_CLOSURE_DAYS + 1):
+        if is_open_day(day, profile):
+            opens = at_local(day, profile.send_window_start)
+            closes = at_local(day, profile.send_window_end)
+            if opens <= local < closes:
+                return local
+            if local >= closes:
+                return closes - timedelta(minutes=7)
+        day -= timedelta(days=1)
+        local = at_local(day, time(23, 59))
+    raise ValueError(f"the clinic sent nothing in the {LONGEST_CLOSURE_DAYS} days before {moment}")
+
+
+def _new_appointment(demo: DemoPatient, day: date, rng: random.Random) -> Appointment:
+    """A visit booked later (a recalled patient calling back), in the patient's usual
+    department at one of the clinic's sessions."""
+    last = max(demo.visits, key=lambda visit: visit.visited_on, default=None)
+    department = last.department if last else rng.choice(DEPARTMENT_NAMES)
+    session_start, session_end = rng.choice(SESSIONS)
+    minutes = rng.randrange(session_start, session_end, 15)
+    return Appointment(
+        patient=demo.patient,
+        starts_at=datetime.combine(
+            day, time(minutes // 60, minutes % 60), tzinfo=timezone.get_default_timezone()
+        ),
+        department=department,
+        doctor=rng.choice(DEPARTMENTS[department][0]),
+        location=rng.choice(LOCATIONS),
+        bring_notes=rng.choice(BRING_NOTES),
+    )
+
+
+def _write(
+    chunk: list[DemoPatient],
+    *,
+    condition_ids: dict[str, int],
+    counts: Counter,
+    history: HistoryContext,
+) -> None:
     patients = [demo.patient for demo in chunk]
     _drop_taken_national_ids(patients)
     Patient.objects.bulk_create(patients, batch_size=BATCH)
@@ -892,6 +996,11 @@ def _write(chunk: list[DemoPatient], *, condition_ids: dict[str, int], counts: C
     ]
     through.objects.bulk_create(tags, batch_size=BATCH)
     counts.update(patients=len(patients), condition_tags=len(tags))
+    # The past needs the patients' ids (the holdout is a hash of them) and may still change
+    # their appointments, refill pickups, visits and consent: between the two writes.
+    past = Collected()
+    for demo in chunk:
+        PatientHistory(history, demo, past).run()
     # Parents before children: each child's foreign key is filled from its saved parent.
     for model, attribute in (
         (Visit, "visits"),
@@ -903,6 +1012,16 @@ def _write(chunk: list[DemoPatient], *, condition_ids: dict[str, int], counts: C
         rows = [row for demo in chunk for row in getattr(demo, attribute)]
         model.objects.bulk_create(rows, batch_size=BATCH)
         counts[attribute] += len(rows)
+    past.finish_keys()
+    with created_at_as_given():
+        OutboxMessage.objects.bulk_create(past.messages, batch_size=BATCH)
+    Attempt.objects.bulk_create(past.attempts, batch_size=BATCH)
+    Skip.objects.bulk_create(past.skips, batch_size=BATCH)
+    counts.update(
+        history_messages=len(past.messages),
+        history_attempts=len(past.attempts),
+        history_skips=len(past.skips),
+    )
     counts["consent_entries"] += consent_bulk_record(
         entries=[entry for demo in chunk for entry in demo.consent_entries]
     )
@@ -946,14 +1065,16 @@ class Command(BaseCommand):
             self.stdout.write("Patients already on file; seed_demo --if-empty added none.")
             return
         started = clock.monotonic()
-        counts = demo_seed(seed=seed, count=patients, today=timezone.localdate())
+        # One moment for the whole run: the past, today and tomorrow all count from it.
+        now = timezone.now()
+        counts = demo_seed(seed=seed, count=patients, now=now)
         counts.update(
             demo_days(
                 seed=seed,
-                today=timezone.localdate(),
+                today=timezone.localdate(now),
                 first=counts["first"],
                 last=counts["last"],
-                now=timezone.now(),
+                now=now,
             )
         )
         took = clock.monotonic() - started
@@ -963,7 +1084,9 @@ class Command(BaseCommand):
             f"{counts['visits']:,} visits, {counts['prescriptions']:,} prescriptions, "
             f"{counts['refill_windows']:,} refill windows, {counts['procedures']:,} procedures, "
             f"{counts['appointments']:,} appointments, {counts['condition_tags']:,} condition "
-            f"tags, {counts['consent_entries']:,} consent entries; today and tomorrow: "
+            f"tags, {counts['consent_entries']:,} consent entries; the last {HISTORY_DAYS} days: "
+            f"{counts['history_messages']:,} messages ({counts['history_attempts']:,} attempts), "
+            f"{counts['history_skips']:,} skipped; today and tomorrow: "
             f"{counts['day_appointments']:,} more appointments, {counts['day_reminders']:,} "
             f"reminders, {counts['day_skips']:,} skipped."
         )
