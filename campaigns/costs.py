@@ -105,17 +105,31 @@ def messages_cost(messages: "QuerySet[OutboxMessage]") -> Decimal:
 
 # --- the country of a phone number -----------------------------------------------------------
 
-# The planner asks for every SMS it queues: phonenumbers takes ~13 µs a number, so the answer
-# is kept per leading digits. Eight characters ("+1" and an area code, "+44 7781" for Guernsey)
-# decide the region of every calling code phonenumbers shares between countries.
+# The planner asks for every SMS it queues, and phonenumbers takes ~13 µs a number. Most
+# calling codes belong to one country (+886 is Taiwan): read from the code alone. For the few
+# shared ones (+1, +44, +7, …) the answer is kept per leading digits: eight characters ("+1" and
+# an area code, "+44 7781" for Guernsey) decide the region wherever phonenumbers tells them apart.
 _COUNTRY_PREFIX = 8
 _countries: dict[str, str] = {}
+
+
+def _single_region(phone: str) -> str | None:
+    """The one region of an E.164 number's calling code, or None when the code is shared."""
+    for length in (1, 2, 3):  # calling codes are prefix-free
+        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(phone[1 : 1 + length]))
+        if regions:
+            return regions[0] if len(regions) == 1 else None
+    return ""
 
 
 def phone_country(phone: str) -> str:
     """The ISO country code of an E.164 `phone` ("TW"), or "" when it is not a number."""
     if not phone:
         return ""
+    if phone.startswith("+") and phone[1:4].isdigit():
+        single = _single_region(phone)
+        if single is not None:
+            return single if len(single) == 2 else ""  # "001": a non-geographic code
     key = phone[:_COUNTRY_PREFIX]
     country = _countries.get(key)
     if country is None:
