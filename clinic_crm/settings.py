@@ -194,6 +194,9 @@ EMAIL_PRICE = Decimal(env_str("EMAIL_PRICE", "0"))
 # No default: a template with a link is refused, and planning it fails, until this is set, so a
 # patient never gets a localhost or relative link. In production it must be https.
 SITE_URL = env_str("SITE_URL").rstrip("/")
+# Monday 08:00 (the clinic's zone) the worker e-mails each clinic manager last week's figures
+# and the week ahead (dashboard/weekly.py), through EMAIL_* above. Off unless set.
+DASHBOARD_WEEKLY_EMAIL = env_bool("DASHBOARD_WEEKLY_EMAIL", False)
 # A claimed message whose sender has been silent this long is settled by recovery. Longer
 # than any one send can take (provider timeouts are 15-20 s).
 DISPATCH_CLAIM_LEASE_SECONDS = int(env_str("DISPATCH_CLAIM_LEASE_SECONDS", "300"))
