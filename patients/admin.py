@@ -550,3 +550,7 @@ class ClinicDayAdmin(admin.ModelAdmin):
             "form": form,
         }
         return TemplateResponse(request, "admin/patients/clinicday/import.html", context)
+
+
+# The import pages (upload, map, preview, runs) and saved mappings register themselves there.
+import patients.admin_imports  # noqa: E402, F401
