@@ -5,6 +5,7 @@ changes nothing for a request that isn't signed (403). A signed request we canno
 And the one page patients open: a tracked link in a message, /r/<token>/ (campaigns.links)."""
 
 import logging
+import re
 import uuid
 
 from django.conf import settings
@@ -113,6 +114,7 @@ def line_webhook(request: HttpRequest) -> HttpResponse:
 
 # Apps that fetch a link to draw its preview card (LINE's "line-poker" says facebookexternalhit,
 # as do iMessage and WhatsApp) are not the patient clicking: they are sent on, not counted.
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{16,32}")
 PREVIEW_FETCHERS = ("facebookexternalhit", "facebot", "bot", "preview", "crawler", "spider")
 
 
@@ -122,6 +124,9 @@ def tracked_link_open(request: HttpRequest, token: str) -> HttpResponse:
     address stored with the token, never one from the request. No login: the token is the
     only key, and it names no patient. An unknown token is a plain page in the clinic's
     language, not an error."""
+    if not TOKEN_SHAPE.fullmatch(token):
+        # Not one we make (secrets.token_urlsafe): no query, and no NUL byte for PostgreSQL.
+        return _link_not_found()
     links = TrackedLink.objects.filter(token=token)
     url = links.values_list("url", flat=True).first()
     if url is None:
