@@ -123,7 +123,9 @@ def feed_import_file(*, mapping: ImportMapping, path: Path, now: datetime) -> Im
     outcome = _import(run, mapping, claimed, errors_file, now)
     target = folder / (DONE if outcome == ImportRun.Status.DONE else REJECTED)
     _move(claimed, target, f"{stamp}-{path.name}")
-    if errors_file.exists():
+    if errors_file.exists() and not run.rejected:
+        errors_file.unlink()  # written with its header row even when no row was bad
+    elif errors_file.exists():
         kept = _move(errors_file, target, f"{stamp}-{path.name}.errors.csv")
         run.rejects_file = str(kept)[:500]
         run.save(update_fields=["rejects_file"])
