@@ -1,4 +1,7 @@
+from datetime import datetime, time, timedelta
+
 from django.core.management.base import BaseCommand
+from django.utils import timezone
 from django_q.models import Schedule
 
 SCHEDULES = [
@@ -9,12 +12,25 @@ SCHEDULES = [
     # Hourly, not daily: an appointment booked this afternoon for tomorrow still gets its call.
     ("call tasks for patients no channel can remind", "reminders.tasks.no_channel_task", 60),
 ]
+# The managers' weekly summary e-mail (it sends only when DASHBOARD_WEEKLY_EMAIL is on, and
+# once a week however often it runs): Mondays at this hour in the clinic's zone.
+WEEKLY_SUMMARY = ("weekly summary e-mail to managers", "dashboard.tasks.weekly_summary_task")
+WEEKLY_AT = time(8, 0)
+
+
+def next_monday_at(clock: time, now: datetime) -> datetime:
+    """The next Monday at `clock` in the clinic's zone, from `now` (today if still ahead)."""
+    local = timezone.localtime(now)
+    day = local.date() + timedelta(days=(7 - local.weekday()) % 7)
+    moment = timezone.make_aware(datetime.combine(day, clock))
+    return moment if moment > now else moment + timedelta(days=7)
 
 
 class Command(BaseCommand):
     help = (
         "Create or update the worker's schedules (planner every 5 minutes, dispatch every 1, "
-        "webhook dedupe cleanup daily, call tasks for patients no channel can remind hourly)."
+        "webhook dedupe cleanup daily, call tasks for patients no channel can remind hourly, the "
+        "managers' summary e-mail weekly on Monday 08:00)."
     )
 
     def handle(self, *args: object, **options: object) -> None:
@@ -29,3 +45,18 @@ class Command(BaseCommand):
                 },
             )
             self.stdout.write(f"{'created' if created else 'kept'}: {name} every {minutes} min")
+        name, func = WEEKLY_SUMMARY
+        first = next_monday_at(WEEKLY_AT, timezone.now())
+        _schedule, created = Schedule.objects.update_or_create(
+            name=name,
+            defaults={
+                "func": func,
+                "schedule_type": Schedule.WEEKLY,
+                "next_run": first,
+                "repeats": -1,
+            },
+        )
+        self.stdout.write(
+            f"{'created' if created else 'kept'}: {name} weekly from "
+            f"{timezone.localtime(first):%Y-%m-%d %H:%M}"
+        )

@@ -1,0 +1,10 @@
+"""django-q2 entry points of the dashboard. Thin, and safe to run twice (see dashboard.weekly)."""
+
+from django.utils import timezone
+
+from dashboard.weekly import weekly_email_send
+
+
+def weekly_summary_task() -> int:
+    """The weekly summary e-mail to managers; how many it went to (0: off or already sent)."""
+    return weekly_email_send(now=timezone.now())
