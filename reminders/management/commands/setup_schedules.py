@@ -1,5 +1,6 @@
 from datetime import datetime, time, timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 from django_q.models import Schedule
@@ -11,6 +12,9 @@ SCHEDULES = [
     ("forget old webhook events", "reminders.tasks.webhook_cleanup_task", 24 * 60),
     # Hourly, not daily: an appointment booked this afternoon for tomorrow still gets its call.
     ("call tasks for patients no channel can remind", "reminders.tasks.no_channel_task", 60),
+    # New files in the daily import feed folder (patients/imports/feed.py; off without
+    # IMPORT_FEED_DIR); also deletes abandoned uploads of the admin's import page.
+    ("import daily feed files", "patients.imports.feed.feed_task", settings.IMPORT_FEED_MINUTES),
 ]
 # The managers' weekly summary e-mail (it sends only when DASHBOARD_WEEKLY_EMAIL is on, and
 # once a week however often it runs): Mondays at this hour in the clinic's zone.

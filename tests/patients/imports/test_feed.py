@@ -166,3 +166,13 @@ def test_failed_runs_are_only_the_feeds_and_since(mapping):
 
     assert list(feed.failed_import_runs(NOW - dt.timedelta(hours=1))) == [old]
     assert list(feed.failed_import_runs(timezone.now() + dt.timedelta(hours=1))) == []
+
+
+def test_setup_schedules_watches_the_feed_folder():
+    from django.core.management import call_command
+    from django_q.models import Schedule
+
+    call_command("setup_schedules", stdout=open(os.devnull, "w"))  # noqa: SIM115
+
+    schedule = Schedule.objects.get(func="patients.imports.feed.feed_task")
+    assert schedule.schedule_type == Schedule.MINUTES and schedule.repeats == -1
