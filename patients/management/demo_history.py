@@ -19,6 +19,7 @@ This module lives under management/ because it writes across apps (campaigns, re
 patients' own code imports neither.
 """
 
+import base64
 import heapq
 import random
 import uuid
@@ -29,18 +30,21 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Exists, OuterRef
 from django.utils import timezone, translation
 
 from campaigns.context import message_context
+from campaigns.costs import channel_size
 from campaigns.kinds import DOSE_LOOKAHEAD, Due, send_day_before
+from campaigns.links import LINKS_KEY, LinkTokens, site_url, uses_links
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.policy import channel_order_for, is_held_out
 from campaigns.sendwindow import at_local, day_bounds, fit
-from campaigns.templating import TemplateRenderError, render_message, sms_size
+from campaigns.templating import TemplateRenderError, render_message
 from consent.models import Action, Channel, ConsentEntry, Purpose, Source
 from patients.models import Appointment, ClinicProfile, Patient, Visit, age_on
-from reminders.models import Attempt, OutboxMessage
+from reminders.models import Attempt, OutboxMessage, TrackedLink
 from reminders.models import Status as MessageStatus
 
 HISTORY_DAYS = 120
@@ -94,6 +98,15 @@ NO_SHOW_CONFIRMED = 0.03
 NO_SHOW_ASKED = 0.13
 NO_SHOW_NOTICED = 0.195
 NO_SHOW_UNREMINDED = 0.22
+# With SITE_URL set, the birthday greeting links to the clinic's health talks (a made-up page
+# on a reserved domain), and some patients open it.
+LINK_KIND = RuleKind.BIRTHDAY
+LINK_URL = "https://anxin-clinic.example/health-talks"
+LINK_LINES = {
+    "zh-hant": f'\n本月健康講座：{{% link "{LINK_URL}" %}}',
+    "en": f'\nThis month\'s health talks: {{% link "{LINK_URL}" %}}',
+}
+CLICKED = 0.15  # of the greetings that arrived
 CONFIRM_REPLY = 0.55  # of the confirmation requests that arrived
 PHONE_CONFIRM = 0.10  # the front desk's calls the day before, to those still unconfirmed
 # A word back ("恢復良好") to a post-op check-in; 3 % answer anything else.
@@ -122,6 +135,35 @@ def rule_history_setup(*, now: datetime) -> None:
         if rule.kind == RuleKind.APPOINTMENT and rule.asks_confirmation:
             rule.holdout_percent = HOLDOUT_PERCENT
         rule.save(update_fields=["enabled_since", "holdout_percent"])
+        if rule.kind == LINK_KIND and link_base():
+            for template in rule.templates.all():
+                if not uses_links(template.body) and template.language in LINK_LINES:
+                    template.body += LINK_LINES[template.language]
+                    template.save(update_fields=["body"])
+
+
+def link_base() -> str:
+    """SITE_URL, where tracked links lead, or "" when it is not set: then no template gets a
+    link, since the planner refuses to plan one without it."""
+    try:
+        return site_url()
+    except ImproperlyConfigured:
+        return ""
+
+
+class SeededTokens(LinkTokens):
+    """Link tokens from the patient's seeded generator instead of `secrets`: same seed, same
+    rows. Demo data only; a real message's token must be unguessable."""
+
+    def __init__(self, base: str, rng: random.Random) -> None:
+        super().__init__(base)
+        self.rng = rng
+
+    def url_for(self, url: str) -> str:
+        if url not in self.tokens:
+            raw = self.rng.getrandbits(128).to_bytes(16, "big")
+            self.tokens[url] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return super().url_for(url)
 
 
 @dataclass
@@ -136,6 +178,7 @@ class HistoryContext:
     # Makes a new appointment for `demo` on `day` (the seed command's own departments, doctors
     # and clinic sessions).
     new_appointment: Callable[[Any, date, random.Random], Appointment]
+    link_base: str = ""
     today: date = field(init=False)
     start: date = field(init=False)
     stale_error: str = field(init=False)
@@ -168,6 +211,7 @@ class HistoryContext:
             rules=rules,
             templates=templates,
             new_appointment=new_appointment,
+            link_base=link_base(),
         )
 
     def of_kind(self, kind: str) -> list[Rule]:
@@ -182,6 +226,7 @@ class Collected:
     messages: list[OutboxMessage] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
+    links: list[TrackedLink] = field(default_factory=list)
     keys: list[tuple[OutboxMessage | Skip, Callable[[], str]]] = field(default_factory=list)
 
     def finish_keys(self) -> None:
@@ -629,6 +674,9 @@ class PatientHistory:
             due=Due(row or {}, "", due, expires, anchor_at=anchor),
             today=plan_day,
         )
+        tokens = None
+        if ctx.link_base and uses_links(template[1]):
+            tokens = context[LINKS_KEY] = SeededTokens(ctx.link_base, rng)
         try:
             text = render_message(
                 subject=template[0], body=template[1], context=context, channel=channel
@@ -649,15 +697,25 @@ class PatientHistory:
             body=text.body,
             anchor_at=anchor,
             created_at=planned,
-            segments=sms_size(text.body).segments if channel == Channel.SMS else 1,
-            country="TW" if channel == Channel.SMS else "",
+            **channel_size(channel, text.body, patient.phone),
             **{name: obj for name, obj in refs.items()},
         )
         self.out.messages.append(message)
         self.out.keys.append((message, occurrence))
+        links = [
+            TrackedLink(token=token, message=message, rule=rule, url=url, created_at=planned)
+            for url, token in (tokens.tokens.items() if tokens else ())
+        ]
+        self.out.links.extend(links)
         if send_at >= ctx.now:
             return MessageStatus.QUEUED
         self._dispatch(message, rule, send_at)
+        arrived = message.status in (MessageStatus.SENT, MessageStatus.DELIVERED)
+        if links and arrived and message.sent_at and rng.random() < CLICKED:
+            clicked = message.sent_at + timedelta(minutes=1 + rng.expovariate(1 / 120))
+            if clicked < ctx.now:
+                links[0].clicks = 1 + (rng.random() < 0.3)
+                links[0].first_clicked_at = clicked
         return message.status
 
     def _dispatch(self, message: OutboxMessage, rule: Rule, send_at: datetime) -> None:

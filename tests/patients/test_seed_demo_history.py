@@ -14,14 +14,14 @@ from django.core.management import call_command
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 
-from campaigns.models import Rule, RuleKind, Skip, SkipReason
+from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.policy import is_held_out
 from campaigns.sendwindow import day_bounds, is_open_day
 from campaigns.templating import sms_size
 from consent.models import Action, ConsentEntry, ConsentState, Source
 from patients.management.demo_history import HISTORY_DAYS
 from patients.models import Appointment, ClinicDay, ClinicProfile, RefillWindow
-from reminders.models import Attempt, OutboxMessage, Status
+from reminders.models import Attempt, OutboxMessage, Status, TrackedLink
 
 TAIPEI = ZoneInfo("Asia/Taipei")
 NOW = dt.datetime(2026, 3, 10, 9, 30, tzinfo=TAIPEI)
@@ -54,11 +54,12 @@ def seeded(django_db_setup, django_db_blocker):
         from django.conf import settings
 
         debug, settings.DEBUG = settings.DEBUG, True  # demo data is for development machines
+        site, settings.SITE_URL = settings.SITE_URL, "http://127.0.0.1:8000"  # links lead here
         try:
             closed_on_sundays_and_new_year()
             yield seed(PATIENTS)
         finally:
-            settings.DEBUG = debug
+            settings.DEBUG, settings.SITE_URL = debug, site
             transaction.set_rollback(True)
 
 
@@ -305,3 +306,21 @@ def test_the_day_view_s_reminders_follow_the_holdout_too(seeded):
     messaged = OutboxMessage.objects.filter(rule=rule, appointment__in=days)
     assert messaged.exists()
     assert not any(is_held_out(rule, p) for p in messaged.values_list("patient_id", flat=True))
+
+
+def test_the_birthday_greeting_links_to_the_health_talks_and_some_patients_open_it(seeded):
+    rule = Rule.objects.get(kind=RuleKind.BIRTHDAY)
+    templates = MessageTemplate.objects.filter(rule=rule)
+    assert templates.exists() and all("{% link " in t.body for t in templates)
+    links = TrackedLink.objects.filter(rule=rule).select_related("message")
+    assert links.count() == OutboxMessage.objects.filter(rule=rule).count() > 20
+    for link in links:
+        assert f"http://127.0.0.1:8000/r/{link.token}/" in link.message.body
+        assert link.url == "https://anxin-clinic.example/health-talks"
+        assert link.created_at == link.message.created_at
+    clicked = [link for link in links if link.clicks]
+    assert clicked
+    for link in clicked:
+        assert link.message.status in REACHED
+        assert link.message.sent_at < link.first_clicked_at < NOW
+    assert not TrackedLink.objects.exclude(rule=rule).exists()

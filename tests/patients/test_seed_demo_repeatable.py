@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from campaigns.models import Rule, Skip
 from consent.models import ConsentEntry
 from patients.models import Appointment, RefillWindow
-from reminders.models import Attempt, OutboxMessage
+from reminders.models import Attempt, OutboxMessage, TrackedLink
 
 NOW = dt.datetime(2026, 3, 10, 9, 30, tzinfo=ZoneInfo("Asia/Taipei"))
 
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _development(settings):
     settings.DEBUG = True  # demo data is for development machines
+    settings.SITE_URL = "http://127.0.0.1:8000"  # the birthday greeting gets its link
 
 
 def seed(patients: int, seed: int) -> None:
@@ -78,6 +79,9 @@ def fingerprint() -> dict[str, list]:
             ConsentEntry.objects.values_list(
                 "patient__chart_no", "purpose", "channel", "action", "recorded_at"
             )
+        ),
+        "links": sorted(
+            TrackedLink.objects.values_list("token", "message__uuid", "clicks", "first_clicked_at")
         ),
         "rules": sorted(Rule.objects.values_list("name", "enabled_since", "holdout_percent")),
     }

@@ -57,7 +57,7 @@ from patients.models import (
     RefillWindow,
     Visit,
 )
-from reminders.models import Attempt, OutboxMessage
+from reminders.models import Attempt, OutboxMessage, TrackedLink
 from reminders.models import Status as MessageStatus
 
 # Patients generated and written per round: bounds memory whatever --patients is.
@@ -1016,8 +1016,10 @@ def _write(
     with created_at_as_given():
         OutboxMessage.objects.bulk_create(past.messages, batch_size=BATCH)
     Attempt.objects.bulk_create(past.attempts, batch_size=BATCH)
+    TrackedLink.objects.bulk_create(past.links, batch_size=BATCH)
     Skip.objects.bulk_create(past.skips, batch_size=BATCH)
     counts.update(
+        history_links=len(past.links),
         history_messages=len(past.messages),
         history_attempts=len(past.attempts),
         history_skips=len(past.skips),
