@@ -86,6 +86,7 @@ class MappingForm(forms.Form):
 
 
 class RunOptionsForm(forms.Form):
+    label_suffix = ""
     keep_good = forms.BooleanField(
         label=_("import the good rows and set the bad ones aside in a file"), required=False
     )
@@ -131,6 +132,7 @@ class ImportRunAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "origin", "kind", "dry_run"]
     date_hierarchy = "queued_at"
+    change_list_template = "admin/patients/importrun/change_list.html"
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return may_import(request)
@@ -276,7 +278,7 @@ class ImportRunAdmin(admin.ModelAdmin):
             kind_label=spec.label,
             form=form,
             saved=saved,
-            used_encoding=used,
+            used_encoding=admin_flow.encoding_label(used),
             read_error=read_error,
             required=[f.label for f in spec.fields if f.required],
         )
@@ -322,6 +324,7 @@ class ImportRunAdmin(admin.ModelAdmin):
             kind_label=KINDS[upload.kind].label,
             preview=preview,
             error=error,
+            encoding=admin_flow.encoding_label(preview.encoding) if preview else "",
             options=options,
             appointments=upload.kind == ImportKind.APPOINTMENTS,
         )
@@ -358,6 +361,7 @@ class ImportRunAdmin(admin.ModelAdmin):
             run.file_name,
             run=run,
             kind_label=KINDS[run.kind].label,
+            encoding=admin_flow.encoding_label(run.encoding),
             working=working,
             rejects=admin_flow.rejects_file(run) is not None,
             upload=upload,

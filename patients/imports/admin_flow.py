@@ -50,6 +50,14 @@ ENCODING_CHOICES = (
 )
 
 
+ENCODING_LABELS = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8（BOM）", "cp950": "Big5", "xlsx": "Excel"}
+
+
+def encoding_label(encoding: str) -> str:
+    """How staff know an encoding: Big5, not cp950."""
+    return ENCODING_LABELS.get(encoding, encoding)
+
+
 class UploadError(Exception):
     """The file can't be taken (too big, wrong type, unreadable); `reason` in zh-Hant."""
 

@@ -224,7 +224,7 @@ def test_a_saved_mapping_is_offered_for_the_next_file_of_the_same_shape(desk):
 def test_big5_file_is_detected_and_the_encoding_can_be_chosen(desk):
     token = _upload(desk, _csv([patient_row(1)], encoding="cp950"))
     page = desk.get(reverse("admin:patients_importrun_map", args=[token]))
-    assert page.context["used_encoding"] == "cp950"
+    assert page.context["used_encoding"] == "Big5"
 
     # choosing UTF-8 for a Big5 file: the page says it can't be read, nothing crashes
     response = desk.post(
