@@ -6,6 +6,7 @@ imported data (the preview, a run's row errors, the rejects file) writes an audi
 """
 
 import csv
+from datetime import timedelta
 from typing import Any
 
 from django import forms
@@ -356,6 +357,10 @@ class ImportRunAdmin(admin.ModelAdmin):
             except LookupError:
                 upload = None
         working = run.status in (ImportRun.Status.QUEUED, ImportRun.Status.RUNNING)
+        # Still queued after a while: the worker (qcluster) is probably not running.
+        waiting = run.status == ImportRun.Status.QUEUED and (
+            timezone.now() - run.queued_at
+        ) > timedelta(minutes=2)
         context = self._context(
             request,
             run.file_name,
@@ -363,6 +368,7 @@ class ImportRunAdmin(admin.ModelAdmin):
             kind_label=KINDS[run.kind].label,
             encoding=admin_flow.encoding_label(run.encoding),
             working=working,
+            waiting=waiting,
             rejects=admin_flow.rejects_file(run) is not None,
             upload=upload,
             errors_truncated=len(run.errors) >= ERRORS_KEPT,

@@ -15,7 +15,7 @@ import secrets
 import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -440,6 +440,18 @@ def expired_remove(*, now: datetime) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def stale_runs_fail(*, now: datetime) -> int:
+    """Mark runs still "running" long after any import could take as failed: their worker was
+    stopped or timed out, and the run's single transaction was rolled back with it, so nothing
+    was written. Returns how many."""
+    cutoff = now - timedelta(seconds=TASK_TIMEOUT_SECONDS * 2)
+    return ImportRun.objects.filter(status=ImportRun.Status.RUNNING, started_at__lt=cutoff).update(
+        status=ImportRun.Status.FAILED,
+        finished_at=now,
+        summary="匯入中斷（逾時或背景工作程序重新啟動），未寫入任何資料；請重新匯入。",
+    )
 
 
 def _children(folder: Path) -> Iterable[Path]:

@@ -43,11 +43,13 @@ class _TooManyRejects(Exception):
 
 
 def feed_task() -> dict[str, int]:
-    """The worker's scheduled entry point: import new feed files, remove expired uploads."""
+    """The worker's scheduled entry point: import new feed files, remove expired uploads, fail
+    runs whose worker died."""
     now = timezone.now()
     runs = feed_scan(now=now)
     removed = admin_flow.expired_remove(now=now)
-    return {"runs": len(runs), "expired_removed": removed}
+    stale = admin_flow.stale_runs_fail(now=now)
+    return {"runs": len(runs), "expired_removed": removed, "stale_failed": stale}
 
 
 def feed_folder(mapping: ImportMapping) -> Path | None:

@@ -313,3 +313,21 @@ def test_old_uploads_are_removed(desk, settings):
 
     assert admin_flow.expired_remove(now=timezone.now()) == 1
     assert not folder.exists()
+
+
+def test_a_run_nobody_picks_up_says_the_worker_may_be_down(desk, front_desk_user):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    run = ImportRun.objects.create(
+        kind="patients",
+        file_name="a.csv",
+        origin=ImportRun.Origin.ADMIN,
+        started_by=front_desk_user,
+        queued_at=timezone.now() - dt.timedelta(minutes=5),
+    )
+
+    html = desk.get(reverse("admin:patients_importrun_change", args=[run.pk])).content.decode()
+
+    assert 'id="run-waiting"' in html and "qcluster" in html

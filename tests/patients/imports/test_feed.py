@@ -138,7 +138,7 @@ def test_the_feed_is_off_without_a_folder(mapping, settings):
     _drop(mapping, "patients.csv", [patient_row(1)])
     settings.IMPORT_FEED_DIR = ""
 
-    assert feed.feed_task() == {"runs": 0, "expired_removed": 0}
+    assert feed.feed_task() == {"runs": 0, "expired_removed": 0, "stale_failed": 0}
     assert not ImportRun.objects.exists()
 
 
@@ -176,3 +176,22 @@ def test_setup_schedules_watches_the_feed_folder():
 
     schedule = Schedule.objects.get(func="patients.imports.feed.feed_task")
     assert schedule.schedule_type == Schedule.MINUTES and schedule.repeats == -1
+
+
+def test_a_run_whose_worker_died_is_failed_by_the_next_scan():
+    from patients.imports import admin_flow
+
+    long_ago = timezone.now() - dt.timedelta(hours=3)
+    dead = ImportRun.objects.create(
+        kind="patients", file_name="a.csv", status="running", started_at=long_ago
+    )
+    alive = ImportRun.objects.create(
+        kind="patients", file_name="b.csv", status="running", started_at=timezone.now()
+    )
+
+    assert feed.feed_task()["stale_failed"] == 1
+
+    dead.refresh_from_db()
+    alive.refresh_from_db()
+    assert dead.status == "failed" and "未寫入" in dead.summary and alive.status == "running"
+    assert admin_flow.TASK_TIMEOUT_SECONDS * 2 < 3 * 3600
