@@ -1,5 +1,6 @@
 """Settings: every value comes from the environment (see .env.example)."""
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -64,6 +65,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
+    "clinic_crm.health.WebhookErrorsMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [
@@ -209,6 +211,16 @@ CHANNEL_RATE_LIMITS = {
     )
 }
 
+# /healthz answers 503 when the worker has not planned or dispatched for this long, or a
+# message due has waited this long (clinic_crm/health.py). In minutes.
+HEALTH_MAX_PLANNER_AGE = timedelta(minutes=int(env_str("HEALTH_MAX_PLANNER_MINUTES", "30")))
+HEALTH_MAX_DISPATCH_AGE = timedelta(minutes=int(env_str("HEALTH_MAX_DISPATCH_MINUTES", "10")))
+HEALTH_MAX_QUEUE_AGE = timedelta(minutes=int(env_str("HEALTH_MAX_QUEUE_MINUTES", "15")))
+# /metrics needs "Authorization: Bearer <METRICS_TOKEN>"; unset, there is no /metrics (404).
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+# Where gunicorn's processes keep their counters for /metrics to add up (deploy/gunicorn.conf.py).
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
+
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = int(env_str("EMAIL_PORT", "587"))
@@ -243,6 +255,8 @@ IMPORT_FEED_FULL_DAY = env_bool("IMPORT_FEED_FULL_DAY", True)
 
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # A load balancer's or monitor's probe may ask the app directly, without TLS.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = int(env_str("SECURE_HSTS_SECONDS", "31536000"))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from clinic_crm import health
 from desk import views as desk_views
 from reminders.urls import link_urlpatterns
 
@@ -15,4 +16,6 @@ urlpatterns = [
     path("r/", include(link_urlpatterns)),
     path("desk/", include("desk.urls")),
     path("dashboard/", include("dashboard.urls")),
+    path("healthz", health.healthz, name="healthz"),
+    path("metrics", health.metrics, name="metrics"),
 ]
