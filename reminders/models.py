@@ -98,6 +98,30 @@ class OutboxMessage(models.Model):
             ),
             models.Index(fields=["patient", "-created_at"], name="message_patient_recent"),
             models.Index(fields=["provider_id"], name="message_provider_id"),
+            # The dashboard's aggregates over a date range (dashboard/selectors.py): every
+            # column its funnel and trends count, so PostgreSQL reads the index, not the rows
+            # with their encrypted texts. INCLUDE is PostgreSQL's; elsewhere a plain index.
+            models.Index(
+                fields=["due_at"],
+                include=[
+                    "rule",
+                    "channel",
+                    "status",
+                    "sent_at",
+                    "replied_at",
+                    "patient",
+                    "appointment",
+                    "refill_window",
+                ],
+                name="message_dashboard",
+            ),
+            # The dashboard's cost of this month: what was handed over, by when.
+            models.Index(
+                fields=["sent_at"],
+                include=["rule", "channel", "segments", "country", "patient"],
+                condition=models.Q(sent_at__isnull=False),
+                name="message_sent_cost",
+            ),
         ]
 
     def __str__(self) -> str:
