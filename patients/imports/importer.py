@@ -13,16 +13,19 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
+import phonenumbers
 from django.conf import settings
 from django.db import DatabaseError, connection, connections, models, transaction
-from django.db.models import Q
+from django.db.models import Q, TextField, Value
 from django.utils import timezone
 
+from clinic_crm import normalise
 from clinic_crm.exports import FORMULA_STARTS, cell_neutralise
-from clinic_crm.fields import BlindIndexField, EncryptedTextField, MobileFlagField
+from clinic_crm.fields import BlindIndexField, EncryptedTextField, MobileFlagField, Sealed
 from consent.models import Action, ConsentEntry, ConsentState, Source
 from consent.services import consent_bulk_record, consent_record
 from patients.imports import cells
@@ -114,14 +117,16 @@ class Context:
                 patients=[],
                 detail=f"{self.spec.kind} {self.file_name}"[:300],
             )
-        # A patient already linked by an earlier batch (their second visit) is skipped.
-        AuditLink.objects.bulk_create(
-            [
-                AuditLink(entry=self.audit, patient_id=pk, patient_uuid=u)
-                for pk, u in patients.items()
-            ],
-            ignore_conflicts=True,
-        )
+        # One INSERT … SELECT per batch (not a model object per patient); a patient linked by
+        # an earlier batch (their second visit) is skipped by the unique (entry, patient).
+        ids = sorted(patients)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {AuditLink._meta.db_table} (entry_id, patient_id, patient_uuid) "  # noqa: S608
+                f"SELECT %s, id, uuid FROM {Patient._meta.db_table} "
+                f"WHERE id IN ({', '.join(['%s'] * len(ids))}) ON CONFLICT DO NOTHING",
+                [self.audit.pk, *ids],
+            )
 
 
 def file_checksum(path: str | Path) -> str:
@@ -172,7 +177,7 @@ def run_import(
         run.status, run.started_at, run.checksum = ImportRun.Status.RUNNING, now, checksum
         run.save(update_fields=["status", "started_at", "checksum"])
     try:
-        with read_table(path, encoding=encoding) as table:
+        with read_table(path, encoding=encoding) as table, _phone_parse_cache():
             positions = check_mapping(kind, table.headers, dict(mapping))
             report = ImportReport(kind, checksum, table.encoding, dry_run)
             context = Context(
@@ -388,7 +393,24 @@ def _bulk_update(
     columns: list[str] = []
     for obj, _changed in pending:
         columns = _prepare_update(obj, names, now)
+    # bulk_update reads values through the attribute, which would decrypt a sealed value again;
+    # the token goes in as an expression instead, and the sealed value is put back after.
+    encrypted = [
+        f
+        for f in model._meta.concrete_fields
+        if isinstance(f, EncryptedTextField) and f.name in columns
+    ]
+    for obj, _changed in pending:
+        for model_field in encrypted:
+            sealed = obj.__dict__[model_field.attname]
+            if isinstance(sealed, Sealed):
+                obj.__dict__[model_field.attname] = Value(sealed.token, output_field=TextField())
     model.objects.bulk_update([obj for obj, _changed in pending], columns, batch_size=BATCH)
+    for obj, _changed in pending:
+        for model_field in encrypted:
+            value = obj.__dict__[model_field.attname]
+            if isinstance(value, Value):
+                obj.__dict__[model_field.attname] = Sealed(value.value)
 
 
 def _differences(obj: models.Model, values: dict[str, Any]) -> set[str]:
@@ -449,16 +471,36 @@ class PatientHandler(Handler):
                 _digest("national_id", row.values.get("national_id")),
                 _digest("phone", row.values.get("phone")),
             )
+        # Indexed lookups one after the other, not one OR (SQLite scans the table for an OR of
+        # IN lists): chart numbers, national IDs (all of them: one held by another patient is
+        # an error), then phone + birth date only for rows neither found.
+        found: dict[int, Patient] = {}
         charts = [row.values["chart_no"] for row in rows]
         nids = [nid for nid, _phone in keys.values() if nid]
-        phones = [phone for _nid, phone in keys.values() if phone]
-        found = Patient.objects.filter(
-            Q(chart_no__in=charts) | Q(national_id_bidx__in=nids) | Q(phone_bidx__in=phones)
-        )
+        for lookup, wanted in (("chart_no__in", charts), ("national_id_bidx__in", nids)):
+            if wanted:
+                for patient in Patient.objects.filter(**{lookup: wanted}):
+                    found[patient.pk] = patient
+        known_charts = {p.chart_no for p in found.values()}
+        known_nids = {p.national_id_bidx for p in found.values() if p.national_id_bidx}
+        unmatched = [
+            (keys[row.number][1], row.values["birth_date"])
+            for row in rows
+            if row.values["chart_no"] not in known_charts
+            and keys[row.number][0] not in known_nids
+            and keys[row.number][1]
+            and row.values.get("birth_date")
+        ]
+        if unmatched:
+            for patient in Patient.objects.filter(
+                phone_bidx__in={phone for phone, _born in unmatched},
+                birth_date__in={born for _phone, born in unmatched},
+            ).exclude(pk__in=list(found)):
+                found[patient.pk] = patient
         by_chart: dict[str, Patient] = {}
         by_nid: dict[str, Patient] = {}
         by_phone_birth: dict[tuple[str, date], list[Patient]] = {}
-        for patient in found:
+        for patient in found.values():
             self._index(patient, by_chart, by_nid, by_phone_birth)
         touched: dict[int, Patient] = {}  # id(patient) → patient, written by this batch
         new: list[Patient] = []
@@ -856,6 +898,38 @@ def _cancel_vanished(context: Context) -> None:
                 pk__in=vanished[offset : offset + BATCH]
             ).update(status=Appointment.Status.CANCELLED, updated_at=context.now)
     context.report.cancelled = cancelled
+
+
+@contextmanager
+def _phone_parse_cache() -> Iterator[None]:
+    """Parse each phone number once per run instead of seven times.
+
+    Saving one patient parses its number in the cell parser, the field's normalisation, the
+    SMS flag and the blind index: libphonenumber's parse was most of an import's time. The
+    cached parser is the same pure function (text and region in, number out), so other threads
+    using it meanwhile get the same answers.
+    """
+    original = normalise._parse
+    cached = lru_cache(maxsize=1024)(original)
+    by_e164: dict[str, phonenumbers.PhoneNumber] = {}
+
+    def parse(raw: str) -> phonenumbers.PhoneNumber | None:
+        # The cell says "0912-345-678", the fields then parse the "+886912345678" stored:
+        # the second parse is answered from the first.
+        number = by_e164.get(raw) or cached(raw)
+        if number is not None and not number.extension:
+            if len(by_e164) > 4096:
+                by_e164.clear()
+            by_e164[f"+{number.country_code}{phonenumbers.national_significant_number(number)}"] = (
+                number
+            )
+        return number
+
+    normalise._parse = parse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        normalise._parse = original  # type: ignore[assignment]
 
 
 # --- around the run --------------------------------------------------------------------------

@@ -35,7 +35,9 @@ def national_id(n: int, letter: str = "A", sex: str = "1") -> str:
     body = f"{sex}{n % 10_000_000:07d}"
     area = ID_LETTER_VALUES[letter]
     digits = [int(ch) for ch in body]
-    total = area // 10 + (area % 10) * 9 + sum(d * w for d, w in zip(digits, ID_WEIGHTS, strict=True))
+    total = (
+        area // 10 + (area % 10) * 9 + sum(d * w for d, w in zip(digits, ID_WEIGHTS, strict=True))
+    )
     return f"{letter}{body}{(10 - total % 10) % 10}"
 
 
@@ -46,6 +48,6 @@ def patient_row(n: int, *, name: str | None = None, phone: str | None = None) ->
         name or f"測試{n}號",
         "男" if n % 2 else "女",
         f"{50 + n % 40}/0{1 + n % 9}/1{n % 9}",
-        phone or f"0912-{n % 1000:03d}-{n % 1000:03d}",
+        phone or f"09{n // 10000 % 100:02d}-{n // 100 % 100:02d}{n % 10}-{n % 1000:03d}",
         national_id(n),
     ]
