@@ -12,7 +12,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -21,9 +21,9 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from clinic_crm.normalise import identifier_key
-from patients.imports import admin_flow
+from patients.imports import admin_flow, feed
 from patients.imports.kinds import KINDS
-from patients.imports.mapping import MappingError, check_mapping
+from patients.imports.mapping import MappingError, check_mapping, suggest_mapping
 from patients.models import AuditEntry, ImportKind, ImportMapping, ImportRun, Patient
 from patients.services import audit_record
 
@@ -101,7 +101,13 @@ class ImportMappingAdmin(admin.ModelAdmin):
     list_display = ["name", "kind", "source", "encoding", "updated_at"]
     list_filter = ["kind"]
     search_fields = ["name", "source"]
-    fields = ["name", "kind", "source", "encoding", "columns"]
+    fields = ["name", "kind", "source", "encoding", "columns", "feed_folder"]
+    readonly_fields = ["feed_folder"]
+
+    @admin.display(description=_("daily feed folder"))
+    def feed_folder(self, obj: ImportMapping) -> str:
+        folder = feed.feed_folder(obj) if obj.pk else None
+        return str(folder) if folder is not None else "—"
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return may_import(request)
@@ -239,8 +245,12 @@ class ImportRunAdmin(admin.ModelAdmin):
         current = upload.mapping
         if current is not None:
             initial["save_as"] = current.name
+        columns = upload.columns
+        if headers and set(columns) != set(headers):
+            # Read with another encoding, the headers are other strings: suggest afresh.
+            columns = suggest_mapping(upload.kind, headers).columns
         for index, header in enumerate(headers):
-            initial[f"column_{index}"] = upload.columns.get(header, "")
+            initial[f"column_{index}"] = columns.get(header, "")
         form = MappingForm(
             request.POST if request.method == "POST" else None,
             kind=upload.kind,
@@ -262,9 +272,7 @@ class ImportRunAdmin(admin.ModelAdmin):
                 )
             except MappingError as exc:
                 form.add_error("save_as", exc.reason)
-            except Exception as exc:  # a name ImportMapping's validators refuse
-                if not hasattr(exc, "messages"):
-                    raise
+            except ValidationError as exc:  # a name ImportMapping's validators refuse
                 form.add_error("save_as", " ".join(exc.messages))
             else:
                 return redirect("admin:patients_importrun_preview", token=token)

@@ -233,6 +233,13 @@ def test_big5_file_is_detected_and_the_encoding_can_be_chosen(desk):
     page = desk.get(response["Location"])
     assert page.context["read_error"] and "編碼" in page.context["read_error"]
 
+    # back to Big5: the columns are read, and suggested, again
+    response = desk.post(
+        reverse("admin:patients_importrun_map", args=[token]), {"encoding": "cp950", "reread": "1"}
+    )
+    form = desk.get(response["Location"]).context["form"]
+    assert form.initial["column_0"] == "chart_no" and form.initial["encoding"] == "cp950"
+
 
 def test_xlsx_upload_is_previewed(desk):
     path = write_xlsx(admin_flow.import_dir().parent / "p.xlsx", PATIENT_HEADERS, [patient_row(1)])

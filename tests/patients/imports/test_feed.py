@@ -195,3 +195,14 @@ def test_a_run_whose_worker_died_is_failed_by_the_next_scan():
     alive.refresh_from_db()
     assert dead.status == "failed" and "未寫入" in dead.summary and alive.status == "running"
     assert admin_flow.TASK_TIMEOUT_SECONDS * 2 < 3 * 3600
+
+
+def test_the_mapping_page_shows_its_feed_folder(client, front_desk_user, mapping):
+    from django.urls import reverse
+
+    client.force_login(front_desk_user)
+    html = client.get(
+        reverse("admin:patients_importmapping_change", args=[mapping.pk])
+    ).content.decode()
+
+    assert str(feed.feed_folder(mapping)) in html and "每日自動匯入資料夾" in html
