@@ -12,9 +12,14 @@ same length, so the SMS segment count of the preview is the real one.
 
 import re
 import secrets
+from collections.abc import Sequence
+from typing import Any
 
+from django.apps import AppConfig
 from django.conf import settings
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from django.template import Context, Library, Node, TemplateSyntaxError
 from django.template.base import Parser, Token
 
@@ -96,3 +101,44 @@ def link(parser: Parser, token: Token) -> LinkNode:
 
 def literal(bit: str) -> bool:
     return len(bit) >= 2 and bit[0] == bit[-1] and bit[0] in "\"'"
+
+
+# Registered when this module is first imported (campaigns.templating, so by the admin at start).
+@checks.register(checks.Tags.compatibility)
+def check_site_url(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """A SITE_URL that is set must be one a patient can open: refuse to start otherwise."""
+    if not settings.SITE_URL:
+        return []
+    try:
+        site_url()
+    except ImproperlyConfigured as problem:
+        return [checks.Error(str(problem), id="campaigns.E001")]
+    return []
+
+
+@checks.register(checks.Tags.compatibility, deploy=True)
+def check_links_have_a_site(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """`check --deploy`: templates with links while SITE_URL is unset plan nothing."""
+    if settings.SITE_URL:
+        return []
+    from campaigns.models import MessageTemplate  # models import this module (via templating)
+
+    try:
+        # Templates are few: read the tagged ones and look with the planner's own pattern.
+        using = MessageTemplate.objects.filter(rule__enabled=True, body__contains="link")
+        names = sorted({t.rule.name for t in using.select_related("rule") if uses_links(t.body)})
+    except DatabaseError:  # not migrated yet
+        return []
+    if not names:
+        return []
+    return [
+        checks.Error(
+            "SITE_URL is not set, and these rules' templates use {% link %}: they will not be "
+            f"planned until it is: {', '.join(names)}.",
+            id="campaigns.E002",
+        )
+    ]

@@ -250,3 +250,30 @@ def test_opening_a_link_needs_no_login_and_posting_is_refused(client, link):
     assert client.post(f"/r/{link.token}/").status_code == 405
     link.refresh_from_db()
     assert link.clicks == 1
+
+
+# --- checks at start --------------------------------------------------------------------------
+
+
+def test_the_server_refuses_to_start_with_a_site_url_patients_cannot_open(settings):
+    from campaigns.links import check_site_url
+
+    assert check_site_url() == []
+    settings.SITE_URL = "crm.clinic.example"  # no scheme: a relative link
+    assert [error.id for error in check_site_url()] == ["campaigns.E001"]
+    settings.SITE_URL = "http://127.0.0.1:8000"
+    settings.DEBUG = False
+    assert [error.id for error in check_site_url()] == ["campaigns.E001"]
+
+
+def test_the_deploy_check_names_rules_whose_links_have_no_site(settings):
+    from campaigns.links import check_links_have_a_site
+
+    _birthday_with_link()
+    assert check_links_have_a_site() == []  # SITE_URL set
+    settings.SITE_URL = ""
+
+    errors = check_links_have_a_site()
+
+    assert [error.id for error in errors] == ["campaigns.E002"]
+    assert "生日祝福" in errors[0].msg
