@@ -240,7 +240,7 @@ def test_xlsx_import(tmp_path):
     path = write_xlsx(
         tmp_path / "p.xlsx",
         PATIENT_HEADERS,
-        [["C1", "王小明", "男", dt.datetime(1960, 3, 15), "0912345678", None]],
+        [["C1", "王小明", "男", dt.datetime(1960, 3, 15), "0912345678", None]],  # noqa: DTZ001 - Excel dates are naive
     )
 
     report = _import(path)
@@ -302,13 +302,3 @@ def test_the_import_is_audited_against_every_patient(tmp_path):
 
     entry = AuditEntry.objects.get(action=AuditEntry.Action.IMPORT)
     assert entry.patients.count() == 2 and report.written
-
-
-def test_a_50000_row_file(tmp_path):
-    rows = [patient_row(n) for n in range(1, 50_001)]
-    path = write_csv(tmp_path / "p.csv", PATIENT_HEADERS, rows)
-
-    report = _import(path)
-
-    assert report.added == 50_000 and not report.errors
-    assert Patient.objects.count() == 50_000

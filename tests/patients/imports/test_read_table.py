@@ -43,7 +43,7 @@ def test_xlsx_rows_stream_as_text_with_dates_and_numbers(tmp_path):
     path = write_xlsx(
         tmp_path / "p.xlsx",
         PATIENT_HEADERS,
-        [["C000001", "王小明", "M", dt.datetime(1960, 3, 15), 912345678.0, "A123456789"]],
+        [["C000001", "王小明", "M", dt.datetime(1960, 3, 15), 912345678.0, "A123456789"]],  # noqa: DTZ001
     )
 
     with read_table(path) as table:
