@@ -50,7 +50,9 @@ from patients.services import audit_record, prescription_sync_refills
 
 ProgressCallback = Callable[[int], None]  # called with rows read so far, once per batch
 
-BATCH = 1000  # rows per query and per bulk write
+BATCH = 2000  # rows per query and per bulk write
+# Fields an import changes that no column names (an appointment's confirmation, reset by a move).
+CHANGE_LABELS = {"status": "預約狀態", "confirmed_via": "確認方式", "confirmed_at": "確認時間"}
 REASON_COLUMN = "錯誤原因"
 LIVE = (Appointment.Status.BOOKED, Appointment.Status.CONFIRMED)
 
@@ -97,14 +99,9 @@ class Context:
         else:
             self.report.updated += 1
         if len(self.report.changes) < MAX_LISTED_CHANGES:
-            labels = tuple(
-                self.spec.field(name).label if name in self._names else name for name in fields
-            )
+            known = {f.name: f.label for f in self.spec.fields} | CHANGE_LABELS
+            labels = tuple(known.get(name, name) for name in fields)
             self.report.changes.append(Change(row.number, key, action, labels))
-
-    @property
-    def _names(self) -> set[str]:
-        return {f.name for f in self.spec.fields}
 
     def audit_patients(self, patients: dict[int, Any]) -> None:
         """Link the run's audit entry to `patients` (id → uuid) written by a batch."""
@@ -233,13 +230,13 @@ def _run(
 ) -> None:
     report = context.report
     handler = HANDLERS[context.spec.kind](context)
-    limits = _limits(context.spec, handler.model)
+    columns = _columns(context.spec, positions, _limits(context.spec, handler.model))
     try:
         with transaction.atomic():
             batch: list[Parsed] = []
             for row in rows:
                 report.rows_total += 1
-                batch.append(_parse(context, row, positions, width, limits))
+                batch.append(_parse(context, row, columns, width))
                 if len(batch) >= BATCH:
                     _apply(context, handler, batch, write_reject)
                     batch = []
@@ -309,9 +306,27 @@ def _limits(spec: KindSpec, model: type[models.Model]) -> dict[str, int]:
     return limits
 
 
-def _parse(
-    context: Context, row: Row, positions: dict[str, int], width: int, limits: dict[str, int]
-) -> Parsed:
+@dataclass(frozen=True)
+class Column:
+    """A mapped column, worked out once per run (not once per cell)."""
+
+    name: str
+    index: int
+    spec: FieldSpec
+    parse: Callable[[str], Any]
+    limit: int | None
+
+
+def _columns(spec: KindSpec, positions: dict[str, int], limits: dict[str, int]) -> list[Column]:
+    return [
+        Column(
+            name, index, spec.field(name), cells.PARSERS[spec.field(name).parse], limits.get(name)
+        )
+        for name, index in positions.items()
+    ]
+
+
+def _parse(context: Context, row: Row, columns: list[Column], width: int) -> Parsed:
     parsed = Parsed(row.number, row.cells, {})
     if row.error:
         parsed.cells = []
@@ -327,26 +342,26 @@ def _parse(
         return parsed
     if any(cell.strip() for cell in row.cells[width:]):
         parsed.errors.append(RowError(row.number, "", "", "此列的欄位比標題列多，欄位可能錯位。"))
-    for name, index in positions.items():
-        raw = row.cells[index].strip() if index < len(row.cells) else ""
+    values = parsed.values
+    count = len(row.cells)
+    for column in columns:
+        raw = row.cells[column.index].strip() if column.index < count else ""
         # Excel's text marker, as our own exports and the rejects file write a formula.
-        if raw.startswith("'") and raw[1:2].startswith(FORMULA_STARTS) and raw[1:2]:
+        if raw[:1] == "'" and raw[1:2] and raw[1:2].startswith(FORMULA_STARTS):
             raw = raw[1:]
-        field_spec: FieldSpec = context.spec.field(name)
         if not raw:
-            if field_spec.required:
-                context.reject(parsed, name, "", f"「{field_spec.label}」不可空白。")
-            parsed.values[name] = None
+            if column.spec.required:
+                context.reject(parsed, column.name, "", f"「{column.spec.label}」不可空白。")
+            values[column.name] = None
             continue
         try:
-            value = cells.PARSERS[field_spec.parse](raw)
-            limit = limits.get(name)
-            if limit and isinstance(value, str) and len(value) > limit:
-                raise cells.CellError(f"超過 {limit} 個字。")
+            value = column.parse(raw)
+            if column.limit and isinstance(value, str) and len(value) > column.limit:
+                raise cells.CellError(f"超過 {column.limit} 個字。")
         except cells.CellError as exc:
-            context.reject(parsed, name, raw, exc.reason)
+            context.reject(parsed, column.name, raw, exc.reason)
             continue
-        parsed.values[name] = value
+        values[column.name] = value
     return parsed
 
 
