@@ -862,6 +862,14 @@ class _Writer:
                 "is the same patient as another entry",
             )
             return None
+        if patient is not None and patient.is_erased:
+            # Erased at the patient's request: the medical records still come in (they must be
+            # kept), the contact data and consent do not come back.
+            self.report.unchanged["Patient"] += 1
+            self.report.changes.append(
+                f"{row.where}: 病人已要求刪除聯絡資料，不還原（erased on request: not restored）"
+            )
+            return patient
         if patient is None:
             if not row.fields.get("chart_no"):
                 self.problems.add(
@@ -945,6 +953,9 @@ class _Writer:
                 fields.update(status=Appointment.Status.BOOKED, confirmed_via="", confirmed_at=None)
 
     def _consent(self, row: ConsentRow, patient: Patient) -> None:
+        if patient.is_erased:
+            self.report.unchanged["Consent"] += 1
+            return
         if row.at > self.now:
             self.problems.add(
                 f"{row.where}.dateTime", "同意日期在未來", "consent is dated in the future"

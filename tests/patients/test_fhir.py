@@ -24,7 +24,7 @@ from patients.models import (
     RefillWindow,
     Visit,
 )
-from patients.services import prescription_sync_refills
+from patients.services import patient_erase, prescription_sync_refills
 from tests.factories import (
     AppointmentFactory,
     PatientFactory,
@@ -675,3 +675,23 @@ def test_a_consent_dated_by_day_only_is_recorded_at_the_start_of_that_day():
         dt.datetime(2025, 6, 1, tzinfo=TPE),
         dt.datetime(2025, 9, 9, tzinfo=TPE),
     ]
+
+
+def test_a_bundle_does_not_bring_back_what_an_erased_patient_had_removed(manager_user):
+    # given: the HIS still has the contact data and a consent of a patient erased here
+    patient = make_patient()
+    bundle = bundle_of(patient)
+    patient_erase(patient=patient, actor=manager_user)
+    visits = Visit.objects.count()
+    ledger = ConsentEntry.objects.count()
+
+    # when
+    report = bundle_import(bundle, now=NOW)
+
+    # then
+    patient.refresh_from_db()
+    assert patient.phone == "" and patient.email == "" and patient.national_id == ""
+    assert ConsentEntry.objects.count() == ledger
+    assert not ConsentState.objects.filter(patient=patient, granted=True).exists()
+    assert Visit.objects.count() == visits
+    assert any("erased on request" in change for change in report.changes)
