@@ -9,19 +9,14 @@ current consent without a ledger row. The owner, who could drop the triggers, is
 by them.
 """
 
-import os
 import secrets
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import quote
 
 import psycopg
 import pytest
-from django.conf import settings
 from django.db import connection
+
+from tests.deployment import APPEND_ONLY, Deployment, apply_roles_sql, drop, manage
 
 pytestmark = [
     pytest.mark.skipif(connection.vendor != "postgresql", reason="roles are PostgreSQL's"),
@@ -29,103 +24,6 @@ pytestmark = [
         shutil.which("psql") is None, reason="psql (the operator's tool) is missing"
     ),
 ]
-
-PSQL = shutil.which("psql") or "psql"
-ROLES_SQL = Path(settings.BASE_DIR) / "deploy" / "postgres-roles.sql"
-APPEND_ONLY = ["consent_consententry", "patients_auditentry", "patients_auditlink"]
-
-
-@dataclass(frozen=True)
-class Deployment:
-    db: str
-    owner: str
-    app: str
-    passwords: dict[str, str]
-
-    def connect(self, role: str) -> psycopg.Connection:
-        admin = connection.settings_dict
-        return psycopg.connect(
-            host=admin.get("HOST") or "localhost",
-            port=admin.get("PORT") or 5432,
-            user=role,
-            password=self.passwords[role],
-            dbname=self.db,
-            autocommit=True,
-        )
-
-    def url(self, role: str) -> str:
-        admin = connection.settings_dict
-        host = admin.get("HOST") or "localhost"
-        port = admin.get("PORT") or 5432
-        return f"postgres://{role}:{quote(self.passwords[role], safe='')}@{host}:{port}/{self.db}"
-
-
-def _superuser_env() -> dict[str, str]:
-    admin = connection.settings_dict
-    env = {**os.environ, "PGPASSWORD": admin.get("PASSWORD") or ""}
-    for variable, key in (("PGHOST", "HOST"), ("PGPORT", "PORT"), ("PGUSER", "USER")):
-        if admin.get(key):
-            env[variable] = str(admin[key])
-    return env
-
-
-def _manage(deployment: Deployment, role: str, *argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATABASE_URL": deployment.url(role)}
-    return subprocess.run(  # noqa: S603 - our own interpreter and manage.py
-        [sys.executable, "manage.py", *argv],
-        cwd=settings.BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def _apply_roles_sql(deployment: Deployment) -> None:
-    result = subprocess.run(  # noqa: S603 - psql with our own script
-        [
-            PSQL,
-            "--no-psqlrc",
-            "--quiet",
-            "--dbname=postgres",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-v",
-            f"db={deployment.db}",
-            "-v",
-            f"owner={deployment.owner}",
-            "-v",
-            f"app={deployment.app}",
-            "-v",
-            f"owner_password={deployment.passwords[deployment.owner]}",
-            "-v",
-            f"app_password={deployment.passwords[deployment.app]}",
-            "-f",
-            str(ROLES_SQL),
-        ],
-        env=_superuser_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def _drop(deployment: Deployment) -> None:
-    admin = connection.settings_dict
-    with psycopg.connect(
-        host=admin.get("HOST") or "localhost",
-        port=admin.get("PORT") or 5432,
-        user=admin.get("USER") or None,
-        password=admin.get("PASSWORD") or None,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{deployment.db}" WITH (FORCE)')
-        for role in (deployment.app, deployment.owner):
-            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +38,12 @@ def deployment():
         passwords={owner: secrets.token_urlsafe(16), app: secrets.token_urlsafe(16)},
     )
     try:
-        _apply_roles_sql(deployment)
-        migrated = _manage(deployment, owner, "migrate", "--verbosity", "0")
+        apply_roles_sql(deployment)
+        migrated = manage(deployment, owner, "migrate", "--verbosity", "0")
         assert migrated.returncode == 0, migrated.stderr
         yield deployment
     finally:
-        _drop(deployment)
+        drop(deployment)
 
 
 APP_WORK = """
@@ -236,7 +134,7 @@ print("app work done")
 @pytest.fixture(scope="module")
 def app_work(deployment):
     """The app's own code, run as the app role; leaves rows in every guarded table."""
-    return _manage(deployment, deployment.app, "shell", "--no-imports", "-c", APP_WORK)
+    return manage(deployment, deployment.app, "shell", "--no-imports", "-c", APP_WORK)
 
 
 def test_the_app_role_does_all_of_the_apps_ordinary_work(app_work):
