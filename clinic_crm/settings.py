@@ -211,6 +211,12 @@ CHANNEL_RATE_LIMITS = {
     )
 }
 
+# Retention (reminders/retention.py, daily): days after which a final message's text, the log of
+# delivery attempts and the record of skipped messages are erased; 0 keeps them. The audit log
+# and the consent ledger are kept (seven years at least) and never erased by it.
+RETAIN_MESSAGE_TEXT_DAYS = int(env_str("RETAIN_MESSAGE_TEXT_DAYS", "180"))
+RETAIN_ATTEMPTS_DAYS = int(env_str("RETAIN_ATTEMPTS_DAYS", "400"))
+RETAIN_SKIPS_DAYS = int(env_str("RETAIN_SKIPS_DAYS", "400"))
 # /healthz answers 503 when the worker has not planned or dispatched for this long, or a
 # message due has waited this long (clinic_crm/health.py). In minutes.
 HEALTH_MAX_PLANNER_AGE = timedelta(minutes=int(env_str("HEALTH_MAX_PLANNER_MINUTES", "30")))

@@ -5,6 +5,7 @@ from django.utils import timezone
 from campaigns.planner import plan_due_messages
 from desk.task_services import tasks_plan_no_channel
 from reminders.receipts import webhook_events_forget
+from reminders.retention import retention_apply
 from reminders.services import messages_dispatch
 
 
@@ -19,6 +20,10 @@ def dispatch_task() -> dict[str, int]:
 
 def webhook_cleanup_task() -> int:
     return webhook_events_forget(now=timezone.now())
+
+
+def retention_task() -> dict[str, int]:
+    return dict(retention_apply(now=timezone.now()))
 
 
 def no_channel_task() -> int:

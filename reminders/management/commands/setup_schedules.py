@@ -10,6 +10,11 @@ SCHEDULES = [
     ("plan care rules", "reminders.tasks.plan_task", 5),
     ("dispatch messages", "reminders.tasks.dispatch_task", 1),
     ("forget old webhook events", "reminders.tasks.webhook_cleanup_task", 24 * 60),
+    (
+        "erase message texts, attempts and skips past retention",
+        "reminders.tasks.retention_task",
+        24 * 60,
+    ),
     # Hourly, not daily: an appointment booked this afternoon for tomorrow still gets its call.
     ("call tasks for patients no channel can remind", "reminders.tasks.no_channel_task", 60),
     # New files in the daily import feed folder (patients/imports/feed.py; off without
@@ -33,8 +38,8 @@ def next_monday_at(clock: time, now: datetime) -> datetime:
 class Command(BaseCommand):
     help = (
         "Create or update the worker's schedules (planner every 5 minutes, dispatch every 1, "
-        "webhook dedupe cleanup daily, call tasks for patients no channel can remind hourly, the "
-        "managers' summary e-mail weekly on Monday 08:00)."
+        "webhook dedupe cleanup and retention daily, call tasks for patients no channel can "
+        "remind hourly, the managers' summary e-mail weekly on Monday 08:00)."
     )
 
     def handle(self, *args: object, **options: object) -> None:
