@@ -153,6 +153,13 @@ def write_files(
     return paths
 
 
+def _one(conn: psycopg.Connection, query: str) -> object:
+    row = conn.execute(query).fetchone()  # type: ignore[call-overload]
+    if row is None:
+        raise SystemExit(f"no answer to {query}")
+    return row[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=100_000)
@@ -204,9 +211,9 @@ def main() -> None:
         }
 
     with psycopg.connect(url) as conn:
-        server = conn.execute("SHOW server_version").fetchone()[0]
+        server = _one(conn, "SHOW server_version")
         counts = {
-            table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+            table: _one(conn, f"SELECT count(*) FROM {table}")  # noqa: S608
             for table in (
                 "patients_patient",
                 "patients_visit",

@@ -6,7 +6,7 @@ returns the value, or raises CellError with a zh-Hant reason for the clerk.
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date, time
 from typing import Any
 
@@ -310,7 +310,7 @@ ACTIONS = {
 }
 
 
-def _several(value: str, table: dict[str, str], reason: str) -> tuple[str, ...]:
+def _several(value: str, table: Mapping[str, str], reason: str) -> tuple[str, ...]:
     parts = [p.strip().casefold() for p in re.split(r"[,，、;；/]+", value) if p.strip()]
     found = [table.get(p) for p in parts]
     if not found or any(item is None for item in found):

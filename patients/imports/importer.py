@@ -236,7 +236,7 @@ def _run(
             batch: list[Parsed] = []
             for row in rows:
                 report.rows_total += 1
-                batch.append(_parse(context, row, columns, width))
+                batch.append(_parse_row(context, row, columns, width))
                 if len(batch) >= BATCH:
                     _apply(context, handler, batch, write_reject)
                     batch = []
@@ -326,7 +326,14 @@ def _columns(spec: KindSpec, positions: dict[str, int], limits: dict[str, int]) 
     ]
 
 
-def _parse(context: Context, row: Row, columns: list[Column], width: int) -> Parsed:
+def _parse(
+    context: Context, row: Row, positions: dict[str, int], width: int, limits: dict[str, int]
+) -> Parsed:
+    """One row parsed as the import parses it (the admin's preview calls this)."""
+    return _parse_row(context, row, _columns(context.spec, positions, limits), width)
+
+
+def _parse_row(context: Context, row: Row, columns: list[Column], width: int) -> Parsed:
     parsed = Parsed(row.number, row.cells, {})
     if row.error:
         parsed.cells = []
@@ -389,9 +396,9 @@ def _prepare_update(obj: models.Model, names: set[str], now: datetime) -> list[s
         obj.updated_at = now  # type: ignore[attr-defined]
         update.add("updated_at")
     # Derived values first: they read the plaintext the sealing below replaces.
-    fields = [obj._meta.get_field(name) for name in update]
+    fields: list[Any] = [obj._meta.get_field(name) for name in update]
     for model_field in sorted(fields, key=lambda f: isinstance(f, EncryptedTextField)):
-        value = model_field.pre_save(obj, False)  # type: ignore[union-attr]
+        value = model_field.pre_save(obj, False)
         if isinstance(model_field, EncryptedTextField):
             obj.__dict__[model_field.attname] = value
     return sorted(update)
@@ -420,7 +427,9 @@ def _bulk_update(
             sealed = obj.__dict__[model_field.attname]
             if isinstance(sealed, Sealed):
                 obj.__dict__[model_field.attname] = Value(sealed.token, output_field=TextField())
-    model.objects.bulk_update([obj for obj, _changed in pending], columns, batch_size=BATCH)
+    model._default_manager.bulk_update(
+        [obj for obj, _changed in pending], columns, batch_size=BATCH
+    )
     for obj, _changed in pending:
         for model_field in encrypted:
             value = obj.__dict__[model_field.attname]
@@ -494,8 +503,8 @@ class PatientHandler(Handler):
         nids = [nid for nid, _phone in keys.values() if nid]
         for lookup, wanted in (("chart_no__in", charts), ("national_id_bidx__in", nids)):
             if wanted:
-                for patient in Patient.objects.filter(**{lookup: wanted}):
-                    found[patient.pk] = patient
+                for hit in Patient.objects.filter(**{lookup: wanted}):
+                    found[hit.pk] = hit
         known_charts = {p.chart_no for p in found.values()}
         known_nids = {p.national_id_bidx for p in found.values() if p.national_id_bidx}
         unmatched = [
@@ -507,24 +516,26 @@ class PatientHandler(Handler):
             and row.values.get("birth_date")
         ]
         if unmatched:
-            for patient in Patient.objects.filter(
+            for hit in Patient.objects.filter(
                 phone_bidx__in={phone for phone, _born in unmatched},
                 birth_date__in={born for _phone, born in unmatched},
             ).exclude(pk__in=list(found)):
-                found[patient.pk] = patient
+                found[hit.pk] = hit
         by_chart: dict[str, Patient] = {}
         by_nid: dict[str, Patient] = {}
         by_phone_birth: dict[tuple[str, date], list[Patient]] = {}
-        for patient in found.values():
-            self._index(patient, by_chart, by_nid, by_phone_birth)
+        for hit in found.values():
+            self._index(hit, by_chart, by_nid, by_phone_birth)
         touched: dict[int, Patient] = {}  # id(patient) → patient, written by this batch
         new: list[Patient] = []
         updates: dict[int, tuple[Patient, set[str]]] = {}
         consents: list[tuple[Parsed, Patient]] = []
         for row in rows:
-            values = {name: row.values.get(name) for name in PATIENT_FIELDS if name in row.values}
+            values: dict[str, Any] = {
+                n: row.values.get(n) for n in PATIENT_FIELDS if n in row.values
+            }
             nid, phone = keys[row.number]
-            patient = by_chart.get(values["chart_no"]) or (by_nid.get(nid) if nid else None)
+            patient = by_chart.get(str(values["chart_no"])) or (by_nid.get(nid) if nid else None)
             if patient is None and phone and values.get("birth_date"):
                 patient = self._by_phone_birth(
                     row, by_phone_birth.get((phone, values["birth_date"]), []), nid
@@ -535,7 +546,10 @@ class PatientHandler(Handler):
                 holder = by_nid.get(nid)
                 if holder is not None and holder is not patient:
                     context.reject(
-                        row, "national_id", values["national_id"], "此身分證號已屬於另一位病人。"
+                        row,
+                        "national_id",
+                        str(values["national_id"]),
+                        "此身分證號已屬於另一位病人。",
                     )
                     continue
             if patient is None:
@@ -553,7 +567,7 @@ class PatientHandler(Handler):
                     context.reject(
                         row,
                         "chart_no",
-                        values["chart_no"],
+                        str(values["chart_no"]),
                         "同一位病人在檔案中出現兩次，內容不同。",
                     )
                 else:
@@ -619,7 +633,7 @@ class PatientHandler(Handler):
             self.context.reject(
                 row, "consent_purpose", "", "同意資料不完整，缺少：" + "、".join(missing)
             )
-        elif given["consent_date"] > self.context.today:
+        elif given["consent_date"] and given["consent_date"] > self.context.today:
             self.context.reject(
                 row, "consent_date", str(given["consent_date"]), "同意日期不能晚於今天。"
             )
@@ -665,7 +679,8 @@ class PatientHandler(Handler):
                 "patient_id", "purpose", "channel"
             )
         )
-        fresh, merge = [], []
+        fresh: list[ConsentEntry] = []
+        merge: list[ConsentEntry] = []
         for entry in wanted:
             key = (entry.patient.pk, entry.purpose, entry.channel)
             if (*key, entry.action, entry.recorded_at) in already:
@@ -762,7 +777,7 @@ class RecordHandler(Handler):
             self.update(obj, values, changed)
             updates[id(obj)] = (obj, changed)
             context.change(row, str(label), "updated", tuple(sorted(changed)))
-        self.model.objects.bulk_create(new, batch_size=BATCH)
+        self.model._default_manager.bulk_create(new, batch_size=BATCH)
         _bulk_update(self.model, list(updates.values()), context.now)
         self.after_write(new, [obj for obj, _changed in updates.values()])
         context.audit_patients(linked)
@@ -792,7 +807,7 @@ class RecordHandler(Handler):
                 **{f"{self.day_field}__in": {v[self.day_field] for v in natural}},
             )
         found: dict[Any, models.Model] = {}
-        for obj in self.model.objects.filter(query):
+        for obj in self.model._default_manager.filter(query):
             if obj.external_id:  # type: ignore[attr-defined]
                 found[("external", obj.external_id)] = obj  # type: ignore[attr-defined]
             key = tuple(getattr(obj, name) for name in ("patient_id", *self.natural_key))
@@ -814,7 +829,7 @@ class PrescriptionHandler(RecordHandler):
 
     def after_write(self, added: list[models.Model], updated: list[models.Model]) -> None:
         windows = [
-            RefillWindow(prescription=p, number=number, opens_on=opens, closes_on=closes)
+            RefillWindow(prescription=p, number=number, opens_on=opens, closes_on=closes)  # type: ignore[misc]
             for p in added
             for number, opens, closes in p.refill_windows_due()  # type: ignore[attr-defined]
         ]

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # no types-tqdm installed
 
 from patients.imports import (
     KINDS,
