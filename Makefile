@@ -58,6 +58,7 @@ bench: $(DEPS)
 	$(PY) bench/dispatch.py
 	$(PY) bench/desk_pages.py
 	$(PY) bench/search.py
+	$(PY) bench/import_records.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache
