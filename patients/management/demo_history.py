@@ -562,8 +562,8 @@ class PatientHistory:
                 if booked_on >= ctx.today:
                     return  # not yet
                 visit_day = booked_on + timedelta(days=rng.randint(2, 14))
-                if visit_day == ctx.today:
-                    visit_day += timedelta(days=1)  # today belongs to the day view's own demo
+                # Today and tomorrow belong to the day view's own demo.
+                visit_day = max(visit_day, ctx.today + timedelta(days=2))
                 appointment = ctx.new_appointment(demo, visit_day, rng)
                 demo.appointments.append(appointment)
                 booked_at = at_local(booked_on, time(9)) + timedelta(minutes=rng.randrange(480))
@@ -857,14 +857,7 @@ class PatientHistory:
         and an address at `at`, or the reason there is none, as consent.selectors decides."""
         order = channel_order_for(rule, self.patient.preferred_channel)
         states = {channel: self._state(rule.purpose, channel, at) for channel in order}
-        for channel in order:
-            if states[channel] and self.addresses.get(channel):
-                return channel, None
-        if any(states.values()):
-            return "", SkipReason.NO_CONTACT_POINT
-        if any(state is False for state in states.values()):
-            return "", SkipReason.WITHDRAWN
-        return "", SkipReason.NO_CONSENT
+        return demo_channel(order, states, self.addresses)
 
     def _skip(
         self,
@@ -881,6 +874,22 @@ class PatientHistory:
         self.out.skips.append(skip)
         self.out.keys.append((skip, occurrence))
         return "skip"
+
+
+def demo_channel(
+    order: list[str], states: dict[str, bool | None], addresses: dict[str, str]
+) -> tuple[str, SkipReason | None]:
+    """The first channel of `order` with consent granted (`states`: True granted, False
+    withdrawn or refused, None never asked) and an address, or the reason there is none, with
+    consent.selectors.choose_channel's precedence."""
+    for channel in order:
+        if states.get(channel) and addresses.get(channel):
+            return channel, None
+    if any(states.get(channel) for channel in order):
+        return "", SkipReason.NO_CONTACT_POINT
+    if any(states.get(channel) is False for channel in order):
+        return "", SkipReason.WITHDRAWN
+    return "", SkipReason.NO_CONSENT
 
 
 def _confirmed_by(appointment: Appointment, at: datetime) -> bool:

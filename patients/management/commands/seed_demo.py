@@ -31,17 +31,19 @@ from django.utils import timezone
 # The demo command writes across apps (the reminders of the demo day); patients' own code
 # never imports campaigns or reminders.
 from campaigns.models import Rule, RuleKind, Skip, SkipReason
-from campaigns.policy import is_held_out
+from campaigns.policy import channel_order_for, is_held_out
 from campaigns.sendwindow import LONGEST_CLOSURE_DAYS, at_local, day_bounds, is_open_day
 from campaigns.templating import sms_size
-from consent.models import Action, Channel, ConsentEntry, Purpose, Source
+from consent.models import Action, Channel, ConsentEntry, ConsentState, Purpose, Source
 from consent.services import consent_bulk_record
 from patients.management.demo_history import (
+    FAILURES,
     HISTORY_DAYS,
     Collected,
     HistoryContext,
     PatientHistory,
     created_at_as_given,
+    demo_channel,
     rule_history_setup,
 )
 from patients.models import (
@@ -721,17 +723,26 @@ def demo_seed(*, seed: int, count: int, now: datetime) -> Counter:
 
 # The front desk's demo day: how many appointments today and tomorrow, and in what states.
 DAY_APPOINTMENTS = (20, 40)
-# Reminder outcomes of the demo day, with weights; "skip" is a Skip row with a reason.
+# Reminder outcomes of the demo day, with weights, for patients the clinic may remind (the
+# others get a Skip row with the reason); "none": not planned yet.
 REMINDER_OUTCOMES = {
     MessageStatus.DELIVERED: 40,
     MessageStatus.SENT: 14,
     MessageStatus.FAILED: 10,
     MessageStatus.UNKNOWN: 4,
     MessageStatus.DROPPED: 4,
-    "skip": 18,
     "none": 10,
 }
-FAILURES = ["空號或號碼錯誤（Twilio 21211）", "對方已封鎖 LINE 官方帳號", "電信業者拒收"]
+# The first reminders of each demo day, one of each state the day view shows.
+DAY_SHOWS_EVERY_STATE = [
+    MessageStatus.FAILED,
+    MessageStatus.DELIVERED,
+    MessageStatus.SENT,
+    MessageStatus.UNKNOWN,
+    MessageStatus.DROPPED,
+]
+REPLY = Appointment.ConfirmedVia.REPLY
+CONFIRMED_BY_ANSWER = (REPLY, Appointment.ConfirmedVia.LINE)
 # The one attempt of each demo-day reminder that reached a provider.
 DAY_ATTEMPT_OUTCOMES: dict[str, str] = {
     MessageStatus.SENT: Attempt.Outcome.SENT,
@@ -752,7 +763,8 @@ def demo_days(*, seed: int, today: date, first: int, last: int, now: datetime) -
     patients of chart numbers `first`..`last`, spread them over every status, and give each
     its confirmation and reminders. Same seed and same database, same result; a few queries
     per day, whatever the number of patients."""
-    rng = random.Random(f"demo-day:{seed}:{today.isoformat()}")
+    # The first chart number too: a second run on the same day makes other messages (uuids).
+    rng = random.Random(f"demo-day:{seed}:{today.isoformat()}:{first}")
     counts: Counter = Counter()
     rules = {
         rule.asks_confirmation: rule for rule in Rule.objects.filter(kind=RuleKind.APPOINTMENT)
@@ -825,6 +837,14 @@ def _demo_day_states(
     counts: Counter = Counter()
     messages, skips = [], []
     profile = ClinicProfile.load()
+    shown: list[str] = list(DAY_SHOWS_EVERY_STATE)
+    # Consent as it stands: the day's requests went out in the last day or so.
+    granted: dict[tuple[int, str], bool] = {}
+    if rule is not None:
+        rows = ConsentState.objects.filter(
+            patient_id__in={a.patient_id for a in appointments}, purpose=rule.purpose
+        ).values_list("patient_id", "channel", "granted")
+        granted = {(patient_id, channel): ok for patient_id, channel, ok in rows}
     for index, appointment in enumerate(appointments):
         early = index < len(appointments) * 0.4
         if today and early:
@@ -839,36 +859,40 @@ def _demo_day_states(
             appointment.confirmed_via = via[0]
             appointment.confirmed_at = now - timedelta(hours=rng.randint(2, 30))
         outcome = rng.choices(list(REMINDER_OUTCOMES), list(REMINDER_OUTCOMES.values()))[0]
-        if appointment.confirmed_via == Appointment.ConfirmedVia.REPLY:
+        if appointment.confirmed_via == REPLY:
             outcome = MessageStatus.DELIVERED  # a reply answers a message that arrived
         if rule is None or outcome == "none":
             continue
         key = f"appointment:{appointment.pk}:{appointment.starts_at.astimezone(UTC).isoformat()}"
         sent_at = _sending_time_before(now - timedelta(hours=rng.randint(3, 26)), profile)
-        if is_held_out(rule, appointment.patient_id):
-            # The comparison group gets no confirmation request, here as in the past.
-            skips.append(
-                Skip(
-                    rule=rule,
-                    patient=appointment.patient,
-                    occurrence_key=key,
-                    reason=SkipReason.HOLDOUT,
-                    at=sent_at,
-                )
-            )
-            continue
-        if outcome == "skip":
-            patient = appointment.patient
-            reason = (
-                SkipReason.NO_CONTACT_POINT
-                if not (patient.phone or patient.line_user_id or patient.email)
-                else rng.choice([SkipReason.NO_CONSENT, SkipReason.WITHDRAWN])
-            )
+        patient = appointment.patient
+        addresses: dict[str, str] = {
+            Channel.SMS: patient.phone,
+            Channel.LINE: patient.line_user_id,
+            Channel.EMAIL: patient.email,
+        }
+        channel, reason = demo_channel(
+            channel_order_for(rule, patient.preferred_channel),
+            {channel: granted.get((patient.pk, channel)) for channel in rule.channel_order},
+            addresses,
+        )
+        held_out = is_held_out(rule, appointment.patient_id)
+        if reason is None and not held_out and shown and appointment.confirmed_via != REPLY:
+            outcome = shown.pop(0)  # every state on the page, whoever is held out
+        reminder = _demo_reminder(rng, appointment, rule, key, outcome, sent_at, channel)
+        # Decided after every draw, so that who is held out (a hash of the patient's id)
+        # changes nothing else of the day. Held out last, as the planner does.
+        if reason is None and held_out:
+            reason = SkipReason.HOLDOUT
+        if reason is not None:
+            if appointment.confirmed_via in CONFIRMED_BY_ANSWER:
+                # No request went out to answer: a visit of theirs is confirmed by a call.
+                appointment.confirmed_via = Appointment.ConfirmedVia.PHONE
             skips.append(
                 Skip(rule=rule, patient=patient, occurrence_key=key, reason=reason, at=sent_at)
             )
             continue
-        messages.append(_demo_reminder(rng, appointment, rule, key, outcome, sent_at))
+        messages.append(reminder)
     Appointment.objects.bulk_update(appointments, ["status", "confirmed_via", "confirmed_at"])
     # No conflicts to ignore: appointments with a request already were left out above, and
     # the attempts need the messages' ids back.
@@ -897,15 +921,14 @@ def _demo_reminder(
     key: str,
     outcome: str,
     sent_at: datetime,
+    channel: str,
 ) -> OutboxMessage:
     patient = appointment.patient
-    channel = (
-        Channel.LINE if patient.line_user_id else Channel.SMS if patient.phone else Channel.EMAIL
-    )
+    channel = channel or Channel.SMS  # a reminder that is not sent: any channel will do
     starts = timezone.localtime(appointment.starts_at)
     error = ""
     if outcome == MessageStatus.FAILED:
-        error = rng.choice(FAILURES)
+        error = rng.choice(FAILURES[channel])[0]
     elif outcome == MessageStatus.DROPPED:
         error = "病人已於櫃台改約"
     if outcome == MessageStatus.DELIVERED and channel != Channel.SMS:
