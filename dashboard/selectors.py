@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -42,12 +43,13 @@ from django.db.models import (
 from django.db.models.functions import Cast, StrIndex, Substr, TruncWeek
 from django.utils import timezone
 
+from campaigns.costs import cost_expression, line_month_cost
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.templating import sms_size
 from consent.models import Action, Channel, ConsentEntry, ConsentState, Purpose
 from dashboard.filters import Filters
 from dashboard.stats import Effect, relative_risk
-from patients.models import Appointment, RefillWindow, Visit
+from patients.models import Appointment, Patient, RefillWindow, Visit
 from reminders.models import OutboxMessage, StaffTask, Status
 
 APPOINTMENT_KINDS = {RuleKind.APPOINTMENT}
@@ -80,6 +82,9 @@ def reads_without_jit() -> Iterator[None]:
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL jit = off")
+            # Room to hash a quarter's rows per rule in memory rather than sort them on disk
+            # (EXPLAIN showed "external merge"); for this transaction only.
+            cursor.execute("SET LOCAL work_mem = '32MB'")
         yield
 
 
@@ -95,9 +100,14 @@ def _patients_q(f: Filters, ref: str = "patient_id") -> Q:
         where["department"] = f.department
     if f.doctor:
         where["doctor"] = f.doctor
-    visits = Visit.objects.filter(**where).values("patient_id")
-    appointments = Appointment.objects.filter(**where).values("patient_id")
-    return Q(**{f"{ref}__in": visits}) | Q(**{f"{ref}__in": appointments})
+    # One list of patient ids (the patients table read once, with two semi-joins), so the
+    # outer aggregate probes one hashed set; "IN visits OR IN appointments" took PostgreSQL
+    # ten times longer on 1 M messages.
+    patients = Patient.objects.filter(
+        Exists(Visit.objects.filter(patient_id=OuterRef("pk"), **where))
+        | Exists(Appointment.objects.filter(patient_id=OuterRef("pk"), **where))
+    ).values("pk")
+    return Q(**{f"{ref}__in": patients})
 
 
 def messages_in(f: Filters) -> QuerySet[OutboxMessage]:
@@ -536,6 +546,8 @@ class CostRow:
     segments: int
     line: int
     email: int
+    sms_cost: Decimal = Decimal(0)  # NT$, at campaigns.costs' price per segment and country
+    email_cost: Decimal = Decimal(0)
 
 
 @dataclass
@@ -545,6 +557,16 @@ class Costs:
     days_in_month: int
     rows: list[CostRow]
     line_allowance: int | None
+    line_account: int = 0  # every LINE message this month, whatever the filters: the quota's
+
+    @property
+    def line_cost(self) -> Decimal:
+        """This month's LINE messages beyond the account's free allowance, priced."""
+        return line_month_cost(self.line_account)
+
+    @property
+    def line_cost_projected(self) -> Decimal:
+        return line_month_cost(self.projected(self.line_account))
 
     @property
     def totals(self) -> CostRow | None:
@@ -556,16 +578,24 @@ class Costs:
             segments=sum(r.segments for r in self.rows),
             line=sum(r.line for r in self.rows),
             email=sum(r.email for r in self.rows),
+            sms_cost=sum((r.sms_cost for r in self.rows), Decimal(0)),
+            email_cost=sum((r.email_cost for r in self.rows), Decimal(0)),
         )
 
     def projected(self, value: int) -> int:
         """`value` so far this month carried on at the same daily pace to the month's end."""
         return round(value * self.days_in_month / self.days_so_far) if self.days_so_far else 0
 
+    def projected_cost(self, value: Decimal) -> Decimal:
+        if not self.days_so_far:
+            return Decimal(0)
+        return (value * self.days_in_month / self.days_so_far).quantize(Decimal("0.01"))
+
 
 def costs(f: Filters, rules: list[Rule], *, today: date | None = None) -> Costs:
-    """This calendar month so far (whatever the date range): SMS messages and segments, LINE
-    messages and e-mails handed to the provider, per rule. One query."""
+    """This calendar month so far (whatever the date range): SMS messages, segments and their
+    cost, LINE messages and e-mails handed to the provider, per rule; and the account's LINE
+    messages against its allowance. Two queries."""
     today = today or timezone.localdate()
     month_start = today.replace(day=1)
     start_at = Filters(range=f.range, start=month_start, end=today).start_at
@@ -581,24 +611,38 @@ def costs(f: Filters, rules: list[Rule], *, today: date | None = None) -> Costs:
         .values("rule_id")
         .annotate(
             sms=Count("id", filter=Q(channel=Channel.SMS)),
-            segments=Sum("segments", filter=Q(channel=Channel.SMS), default=0),
+            # Not named "segments": cost_expression's F("segments") would find it.
+            sms_segments=Sum("segments", filter=Q(channel=Channel.SMS), default=0),
             line=Count("id", filter=Q(channel=Channel.LINE)),
             email=Count("id", filter=Q(channel=Channel.EMAIL)),
+            sms_cost=Sum(cost_expression(), filter=Q(channel=Channel.SMS), default=Decimal(0)),
+            email_cost=Sum(cost_expression(), filter=Q(channel=Channel.EMAIL), default=Decimal(0)),
         )
     )
     by_id = {r.pk: r for r in rules}
     result = [
-        CostRow(by_id[row["rule_id"]], row["sms"], row["segments"], row["line"], row["email"])
+        CostRow(
+            by_id[row["rule_id"]],
+            row["sms"],
+            row["sms_segments"],
+            row["line"],
+            row["email"],
+            Decimal(row["sms_cost"]),
+            Decimal(row["email_cost"]),
+        )
         for row in per_rule
     ]
+    line_account = OutboxMessage.objects.filter(
+        sent_at__gte=start_at, sent_at__lt=end_at, channel=Channel.LINE
+    ).count()
     result.sort(key=lambda row: (row.rule.priority, row.rule.name))
-    allowance = getattr(settings, "LINE_MONTHLY_ALLOWANCE", None)
     return Costs(
         month_start=month_start,
         days_so_far=today.day,
         days_in_month=calendar.monthrange(today.year, today.month)[1],
         rows=result,
-        line_allowance=int(allowance) if allowance else None,
+        line_allowance=int(settings.LINE_MONTHLY_ALLOWANCE),
+        line_account=line_account,
     )
 
 

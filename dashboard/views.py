@@ -219,6 +219,7 @@ def _page(f: Filters) -> dict[str, Any]:
         "costs": costs,
         "cost": tables.cost_table(costs),
         "cost_totals": costs.totals,
+        "line_projected": costs.projected(costs.line_account),
         "attention": attention_links(f, selectors.attention(f, rules)),
         "sms_cap": settings.SMS_MAX_SEGMENTS,
         "now": timezone.localtime(),

@@ -144,3 +144,22 @@ def test_attention_counts(small_clinic):
     missing = {rule.pk: channels for rule, channels in found.rules_missing_template}
     assert missing[small_clinic.visit_rule.pk] == ["line"]
     assert missing[small_clinic.recall_rule.pk] == ["sms"]
+
+
+def test_cost_in_nt_dollars_and_line_beyond_the_allowance(small_clinic, settings):
+    from decimal import Decimal
+
+    settings.SMS_PRICE_PER_SEGMENT = {"TW": Decimal("1.5")}
+    settings.SMS_PRICE_DEFAULT = Decimal("3")
+    settings.LINE_MONTHLY_ALLOWANCE = 1
+    settings.LINE_PRICE_PER_MESSAGE = Decimal("0.5")
+    small_clinic.visit_rule.messages.filter(segments=2).update(country="TW")
+
+    costs = selectors.costs(parsed(), selectors.rules_all(), today=NOW.date())
+
+    visit = {row.rule.pk: row for row in costs.rows}[small_clinic.visit_rule.pk]
+    assert visit.sms_cost == Decimal("6")  # 2 segments × 1.5 (TW) + 1 segment × 3
+    assert costs.totals.sms_cost == Decimal("12")  # and the recall's 2 × 3
+    assert costs.line_account == 2
+    assert costs.line_cost == Decimal("0.5")  # one message beyond the allowance of one
+    assert costs.projected_cost(Decimal("12")) == Decimal("37.20")  # 12 × 31 / 10
