@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import phonenumbers
 from django.conf import settings
-from django.db import DatabaseError, connection, connections, models, transaction
+from django.db import DatabaseError, connection, connections, models, reset_queries, transaction
 from django.db.models import Q, TextField, Value
 from django.utils import timezone
 
@@ -271,6 +271,9 @@ def _apply(
                 context.seen_ids.add(row.values["external_id"])
             elif row.errors:
                 context.unreadable_ids = True
+    # With DEBUG on, Django keeps every query's SQL, and a bulk INSERT's is megabytes: memory
+    # would grow with the file. Each batch starts the log afresh.
+    reset_queries()
     good = [row for row in batch if not row.errors]
     try:
         with transaction.atomic():
