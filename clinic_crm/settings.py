@@ -135,9 +135,12 @@ Q_CLUSTER = {
     "catch_up": False,
     "orm": "default",
 }
-if env_str("REDIS_URL"):
+# Several clusters (hosts) need Redis: the broker, and the send-rate slots they share
+# (reminders/ratelimit.py). Without it, run one cluster.
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
     Q_CLUSTER.pop("orm")
-    Q_CLUSTER["redis"] = env_str("REDIS_URL")
+    Q_CLUSTER["redis"] = REDIS_URL
 
 # Messaging providers. A channel whose credentials are set sends for real. One without them is
 # off: the planner and the gate skip it ("channel not configured") and `check --deploy` warns.

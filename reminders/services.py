@@ -33,6 +33,7 @@ from consent.models import Channel
 from patients.models import ClinicProfile
 from reminders.channels.base import ChannelError, OutcomeUnknown, OutgoingMessage, get_channel
 from reminders.models import Attempt, OutboxMessage, StaffTask, Status
+from reminders.ratelimit import rate_limiter
 
 log = logging.getLogger(__name__)
 
@@ -321,40 +322,12 @@ def _renew_claim(message: OutboxMessage, now: datetime) -> bool:
     )
 
 
-class RateLimiter:
-    """At most `per_second` sends per channel from this process, in any one-second window."""
-
-    # Each request reaches the provider a few ms after its slot (the gate's queries, the
-    # scheduler), a little more or less each time. With slots exactly 1/rate apart a provider
-    # counting any one-second window sees rate + 1 about every other second; 5 % wider slots
-    # absorb up to 50 ms of that jitter.
-    HEADROOM = 0.95
-
-    def __init__(self, per_second: dict[str, float]):
-        self.interval = {
-            ch: 1.0 / (rate * self.HEADROOM) for ch, rate in per_second.items() if rate > 0
-        }
-        self.next_slot: dict[str, float] = {}
-
-    def wait(self, channel: str) -> None:
-        interval = self.interval.get(channel)
-        if not interval:
-            return
-        now = clock.monotonic()
-        slot = max(now, self.next_slot.get(channel, now))
-        self.next_slot[channel] = slot + interval
-        if slot > now:
-            clock.sleep(slot - now)
-
-
 def messages_dispatch(*, batch_size: int = 50, time_budget: float = 50.0) -> Counter[str]:
     """Send what is due until nothing is or `time_budget` seconds have passed."""
     deadline = clock.monotonic() + time_budget
     results = messages_recover(now=timezone.now())
     profile = ClinicProfile.load()
-    workers = max(1, int(str(settings.Q_CLUSTER.get("workers", 1))))
-    # Each worker takes its share of the channel's limit, so all together stay under it.
-    limiter = RateLimiter({ch: rate / workers for ch, rate in settings.CHANNEL_RATE_LIMITS.items()})
+    limiter = rate_limiter()
     while clock.monotonic() < deadline:
         claimed = messages_claim(now=timezone.now(), limit=batch_size)
         if not claimed:
@@ -363,7 +336,13 @@ def messages_dispatch(*, batch_size: int = 50, time_budget: float = 50.0) -> Cou
             if clock.monotonic() >= deadline:
                 _release(claimed[index:])
                 break
-            limiter.wait(message.channel)
+            try:
+                limiter.wait(message.channel)
+            except Exception:
+                # No slot, no send (the shared limiter's Redis is unreachable): the rest of
+                # the batch goes back to the queue untouched, and the run ends loudly.
+                _release(claimed[index:])
+                raise
             now = timezone.now()
             if not _renew_claim(message, now):
                 results["claim lost"] += 1
