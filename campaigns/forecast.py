@@ -32,21 +32,34 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from functools import reduce
 from itertools import islice
+from operator import or_
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import (
+    BooleanField,
+    Count,
+    Exists,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+)
 from django.db.models.functions import Greatest, TruncDate
 from django.utils import timezone
 
 from campaigns.kinds import KINDS, Due
 from campaigns.models import MessageTemplate, Rule, RuleKind
-from campaigns.planner import BATCH, _existing_keys, due_set
-from campaigns.policy import plan_decision
+from campaigns.planner import BATCH, _existing_keys
+from campaigns.policy import plan_decision, policy_annotations
 from campaigns.sendwindow import at_local
+from consent.models import Purpose
 from consent.selectors import patient_prefix
-from patients.models import Appointment, ClinicProfile, Visit
+from patients.models import Appointment, ClinicProfile, Patient, Visit
 from reminders.models import OutboxMessage, Status
 
 FALLBACK_LANGUAGE = "zh-hant"  # the planner's template fallback (campaigns.planner._texts)
@@ -204,15 +217,18 @@ def _count_dues(
 ) -> None:
     """Add what the planner would queue for `rule` at each of `moments` and has not yet."""
     templates = set(MessageTemplate.objects.filter(rule=rule).values_list("channel", "language"))
-    counted: set[tuple[int, str]] = set()  # (patient, occurrence) this forecast counted
-    repeats = _repeats(rule)
-    for moment in moments:
-        dues = _dues(rule, now=moment, profile=profile, patients=patients)
-        while batch := list(islice(dues, BATCH)):
-            existing = _existing_keys(rule, {due.row["pid"] for due in batch})
-            for due in batch:
+    # (patient, occurrence) counted on an earlier day's query: only the per-day path needs it
+    # (the week's query hands each record's days over together).
+    counted: set[tuple[int, str]] = set()
+    remember = _repeats(rule) and _per_day(rule)
+    rows = _week_rows(rule, moments=moments, profile=profile, patients=patients)
+    while batch := list(islice(rows, BATCH)):
+        existing = _existing_keys(rule, {dues[0][1].row["pid"] for dues in batch})
+        for dues in batch:
+            seen: set[str] = set()  # one record's occurrence due on several days: the first
+            for moment, due in dues:
                 key = (due.row["pid"], due.occurrence_key)
-                if key in existing or key in counted:
+                if key in existing or key in counted or due.occurrence_key in seen:
                     continue
                 decision = plan_decision(rule=rule, due=due, now=moment, profile=profile)
                 if decision.skip is not None or decision.send_at is None:
@@ -221,12 +237,13 @@ def _count_dues(
                 language = due.row["language"]
                 if (on, language) not in templates and (on, FALLBACK_LANGUAGE) not in templates:
                     continue  # the planner skips it: no template for the channel
+                seen.add(due.occurrence_key)
+                if remember:
+                    counted.add(key)
                 day = timezone.localdate(decision.send_at)
                 if day > last or (channel and on != channel):
                     continue
                 counts[rule.pk, day, on] += 1
-                if repeats:
-                    counted.add(key)
 
 
 def _repeats(rule: Rule) -> bool:
@@ -239,24 +256,81 @@ def _repeats(rule: Rule) -> bool:
     return rule.kind in (RuleKind.BIRTHDAY, RuleKind.APPOINTMENT) and len(rule.offsets) > 1
 
 
-def _dues(
+def _per_day(rule: Rule) -> bool:
+    """Whether the rule's due rows must be read one day at a time: the frequency cap of a
+    relationship rule is counted at each day's moment, so its annotation differs by day."""
+    return rule.purpose == Purpose.RELATIONSHIP
+
+
+Occurrences = list[tuple[datetime, Due]]  # one due row's occurrences, by the moment they're due
+
+
+def _week_rows(
     rule: Rule,
     *,
-    now: datetime,
+    moments: list[datetime],
     profile: ClinicProfile,
     patients: Patients | None,
-) -> Iterator[Due]:
-    """The planner's due set for `rule` at `now`, with the patient's language, streamed."""
-    rows, expand = due_set(rule, now=now, profile=profile)
-    ref = KINDS[rule.kind].select(rule, timezone.localdate(now), now, profile).patient_ref
-    rows = rows.annotate(language=F(f"{patient_prefix(ref)}preferred_language"))
-    if patients is not None:
-        rows = rows.filter(patients.q(ref))
-    order = rule.channel_order
-    row: dict[str, Any]
-    for row in rows.order_by().iterator(chunk_size=BATCH):
-        # A row no channel of the rule may reach is one plan_decision can only skip: passed
-        # over before its occurrences are worked out (a quarter to a third of the rows).
-        if row["erased"] or not any(row[f"{c}_granted"] and row[f"{c}_address"] for c in order):
-            continue
-        yield from expand(row)
+) -> Iterator[Occurrences]:
+    """The planner's due set for `rule` at each of `moments`, streamed, as each due row's
+    occurrences with the moment they are decided at.
+
+    The policy's annotations (consent per channel, contact points, the holdout) are the same
+    whichever day a row is due, and computing them is most of the query's cost (PostgreSQL
+    hashes the consent table once per query): so the week's selections are OR-ed into one
+    query per rule, each row marked with the days it belongs to. A relationship rule's cap
+    is counted at each moment: read one query per day instead (see _per_day)."""
+    kind = KINDS[rule.kind]
+    selections = [kind.select(rule, timezone.localdate(m), m, profile) for m in moments]
+    ref = selections[0].patient_ref
+    groups = [[i] for i in range(len(moments))] if _per_day(rule) else [list(range(len(moments)))]
+    for group in groups:
+        rows = reduce(or_, [selections[i].rows for i in group])
+        marks: dict[str, Any] = {
+            f"on_day_{i}": ExpressionWrapper(
+                Q(pk__in=selections[i].rows.values("pk")), output_field=BooleanField()
+            )
+            for i in group
+        }
+        if len(group) == 1:
+            marks = {f"on_day_{group[0]}": Value(True, output_field=BooleanField())}
+        rows = _annotated(rule, rows, ref=ref, at=moments[group[0]]).annotate(**marks)
+        if patients is not None:
+            rows = rows.filter(patients.q(ref))
+        order = rule.channel_order
+        row: dict[str, Any]
+        for row in rows.order_by().iterator(chunk_size=BATCH):
+            # A row no channel of the rule may reach is one plan_decision can only skip:
+            # passed over before its occurrences are worked out (a quarter to a third).
+            if row["erased"] or not any(row[f"{c}_granted"] and row[f"{c}_address"] for c in order):
+                continue
+            dues = [
+                (moments[i], due)
+                for i in group
+                if row[f"on_day_{i}"]
+                for due in selections[i].expand(row)
+            ]
+            if dues:
+                yield dues
+
+
+def _annotated(rule: Rule, rows: QuerySet[Any], *, ref: str, at: datetime) -> QuerySet[Any]:
+    """`rows` annotated as campaigns.planner.due_set annotates a kind's selection (the same
+    facts for plan_decision, from policy_annotations), plus the patient's language."""
+    prefix = patient_prefix(ref)
+    annotations: dict[str, Any] = {
+        "pid": F(ref),
+        "birth": F(f"{prefix}birth_date"),
+        "patient_sex": F(f"{prefix}sex"),
+        "preferred": F(f"{prefix}preferred_channel"),
+        "language": F(f"{prefix}preferred_language"),
+        **policy_annotations(rule=rule, patient_ref=ref, at=at),
+    }
+    if rule.conditions.exists():
+        annotations["in_conditions"] = Exists(
+            Patient.conditions.through.objects.filter(
+                patient_id=OuterRef(ref), condition__in=rule.conditions.all()
+            )
+        )
+    annotated: QuerySet[Any] = rows.annotate(**annotations)
+    return annotated.values(*annotations, *KINDS[rule.kind].fields)
