@@ -4,16 +4,18 @@ A dry run of the planner over the whole clinic, for the manager's dashboard: not
 Two parts, added without counting one message twice:
 
 - what is already in the outbox waiting to go (queued), on the day it is set to go out;
-- what the planner has not queued yet: each rule's own due set (campaigns.planner.due_set) as
-  the planner will select it when each coming day begins (today: at `now`), decided by the
+- what the planner has not queued yet: each rule's own due set (the kind's selection with the
+  annotations campaigns.planner.due_set gives it, see `_annotated`) as the planner will
+  select it when each coming day begins (today: at `now`), decided by the
   send policy's own set-based face (campaigns.policy.plan_decision), counted on the clinic-local
   day of the send time it chooses (closed days and the send window moved it there). An
   occurrence already in the outbox (queued, sent or dropped) is left out, as the planner leaves
   it out; one the forecast itself counted on an earlier day is not counted again.
 
-Due rows are streamed (`.iterator()`) and only counted; the one set kept is the occurrences
-counted for the rule in hand, and only for the kinds that select one occurrence on several
-days (see `_repeats`).
+Set-based: one query per rule for the whole week (see `_week_rows`), its rows streamed
+(`.iterator()`, batches of 2,000) and only counted; the queued messages in one aggregate. No
+list of due rows is kept; only a relationship rule read day by day remembers the occurrences
+it counted, for the kinds that select one occurrence on several days (see `_repeats`).
 
 What is approximated, and how:
 - consent, contact points, audience, the holdout and closed days are exactly the planner's;
