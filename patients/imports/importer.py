@@ -173,6 +173,7 @@ def run_import(
     if run is not None:
         run.status, run.started_at, run.checksum = ImportRun.Status.RUNNING, now, checksum
         run.save(update_fields=["status", "started_at", "checksum"])
+    progress_to = _progress(progress, run)
     try:
         with read_table(path, encoding=encoding) as table, _phone_parse_cache():
             positions = check_mapping(kind, table.headers, dict(mapping))
@@ -197,7 +198,7 @@ def run_import(
                     dry_run=dry_run,
                     keep_good=keep_good,
                     full_day=full_day,
-                    progress=_progress(progress, run),
+                    progress=progress_to,
                     write_reject=write_reject,
                 )
             report.rejects_path = str(rejects_path) if rejects_path and report.rejected else ""
@@ -998,12 +999,23 @@ def _safe(cell: str) -> str:
 
 
 def _progress(callback: ProgressCallback | None, run: ImportRun | None) -> ProgressCallback:
+    # Another connection can write the counter only when the run's row is committed and not
+    # held by a transaction of our caller's (it would wait on us while we wait on it); SQLite
+    # has a single writer, so there the counter is written at the end only.
+    visible = (
+        run is not None
+        and run.pk is not None
+        and connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+    )
+
     def report(rows: int) -> None:
         if callback is not None:
             callback(rows)
         if run is not None:
             run.progress = rows
-            _store_progress(run.pk, rows)
+            if visible:
+                _store_progress(run.pk, rows)
 
     return report
 
@@ -1011,13 +1023,16 @@ def _progress(callback: ProgressCallback | None, run: ImportRun | None) -> Progr
 def _store_progress(run_pk: int, rows: int) -> None:
     """Write the progress counter outside the run's transaction, so a progress page (another
     connection) sees it before the import commits."""
-    if connection.vendor != "postgresql" or run_pk is None:
-        # SQLite has one writer: a second connection would wait on our own transaction.
-        return
 
     def write() -> None:
         try:
-            ImportRun.objects.filter(pk=run_pk).update(progress=rows)
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    # Never wait long on the row: a progress figure is not worth a stall.
+                    cursor.execute("SET LOCAL lock_timeout = '2s'")
+                ImportRun.objects.filter(pk=run_pk).update(progress=rows)
+        except DatabaseError:
+            pass  # the display lags one batch; the import goes on
         finally:
             connections.close_all()
 

@@ -230,3 +230,35 @@ def test_a_booking_gone_from_the_feed_gets_no_reminder(tmp_path, clinic, memory_
     queued.refresh_from_db()
     assert queued.status == Status.DROPPED and queued.error == "appointment cancelled"
     assert all(m.id != queued.uuid for m in memory_channels)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_progress_shows_to_other_connections_while_the_import_runs(tmp_path):
+    import threading
+
+    from django.db import connection, connections
+
+    from patients.models import ImportRun
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has one writer: the counter is written at the end")
+    PatientFactory(chart_no="C1")
+    rows = [[f"V{n}", "C1", "113/05/01", "家醫科", f"醫師{n}", "", ""] for n in range(5000)]
+    path = write_csv(tmp_path / "v.csv", VISIT_HEADERS, rows)
+    run = ImportRun.objects.create(kind="visits", file_name="v.csv")
+    seen_elsewhere = []
+
+    def look(rows_read):
+        def read():
+            seen_elsewhere.append(ImportRun.objects.get(pk=run.pk).progress)
+            connections.close_all()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join()
+
+    _import("visits", path, run=run, progress=look)
+
+    assert 0 < max(seen_elsewhere) < 5000  # an earlier batch's count, before the commit
+    run.refresh_from_db()
+    assert (run.status, run.progress, run.added) == ("done", 5000, 5000)
