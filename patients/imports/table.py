@@ -150,9 +150,10 @@ def _csv_rows(reader: Any) -> Iterator[Row]:
             cells = next(reader)
         except StopIteration:
             return
-        except csv.Error:
+        except csv.Error as exc:
             # A cell over the field limit: csv drops the rest of that line and reads on.
-            yield Row(number, [], TOO_LONG)
+            too_long = "field larger than field limit" in str(exc)
+            yield Row(number, [], TOO_LONG if too_long else "此列不是有效的 CSV 格式，無法讀取。")
             continue
         except UnicodeDecodeError as exc:
             raise TableError(
