@@ -220,7 +220,7 @@ def _page(f: Filters) -> dict[str, Any]:
         "cost": tables.cost_table(costs),
         "cost_totals": costs.totals,
         "line_projected": costs.projected(costs.line_account),
-        "attention": attention_links(f, selectors.attention(f, rules)),
+        "attention": attention_links(f, selectors.attention(f, rules, funnel_rows=funnel)),
         "sms_cap": settings.SMS_MAX_SEGMENTS,
         "now": timezone.localtime(),
         "today": timezone.localdate(),

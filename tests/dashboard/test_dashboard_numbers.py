@@ -141,6 +141,14 @@ def test_attention_counts(small_clinic):
     found = selectors.attention(parsed(), selectors.rules_all(), today=NOW.date())
 
     assert (found.failed, found.unknown) == (1, 1)
+    f = parsed()
+    from_funnel = selectors.attention(
+        f,
+        selectors.rules_all(),
+        today=NOW.date(),
+        funnel_rows=selectors.funnel(f, selectors.rules_all()),
+    )
+    assert (from_funnel.failed, from_funnel.unknown) == (1, 1)
     missing = {rule.pk: channels for rule, channels in found.rules_missing_template}
     assert missing[small_clinic.visit_rule.pk] == ["line"]
     assert missing[small_clinic.recall_rule.pk] == ["sms"]
