@@ -51,7 +51,8 @@ lint: $(DEPS)
 
 # Seeding, one planning pass against hand-written SQL, dispatch through a fake Twilio: each
 # drops and recreates its own *_bench database on the local PostgreSQL (a few minutes in all);
-# then the front desk's pages, timed on the database seed_demo.py has just filled.
+# then the front desk's pages, timed on the database seed_demo.py has just filled; then the
+# manager's dashboard and the week ahead over 1,000,000 outbox rows (its own database).
 bench: $(DEPS)
 	$(PY) bench/seed_demo.py
 	$(PY) bench/planner.py
@@ -59,6 +60,7 @@ bench: $(DEPS)
 	$(PY) bench/desk_pages.py
 	$(PY) bench/search.py
 	$(PY) bench/import_records.py
+	$(PY) bench/dashboard_pages.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache
