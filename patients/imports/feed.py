@@ -95,18 +95,27 @@ def feed_import_file(*, mapping: ImportMapping, path: Path, now: datetime) -> Im
         os.rename(path, claimed)
     except FileNotFoundError:
         return None
+    except OSError:
+        # Not ours to move (permissions): say so once per scan, leave it, go on with the rest.
+        logger.warning(
+            "import feed: cannot move a file out of the folder of mapping %s", mapping.pk
+        )
+        return None
     stamp = timezone.localtime(now).strftime("%Y%m%d-%H%M%S")
     checksum = importer.file_checksum(claimed)
     seen = (
         ImportRun.objects.filter(origin=ImportRun.Origin.FEED, kind=mapping.kind, checksum=checksum)
         .exclude(status=ImportRun.Status.FAILED)
-        .exists()
+        .values_list("status", flat=True)
+        .first()
     )
     if seen:
+        # The same bytes again: where the first one went (a refused file stays refused).
+        target = DONE if seen == ImportRun.Status.DONE else REJECTED
         logger.info(
-            "import feed: file in %s already imported (same checksum), moved to done", mapping.pk
+            "import feed: a file for mapping %s came again, moved to %s", mapping.pk, target
         )
-        _move(claimed, folder / DONE, f"{stamp}-duplicate-{path.name}")
+        _move(claimed, folder / target, f"{stamp}-duplicate-{path.name}")
         return None
     run = ImportRun.objects.create(
         kind=mapping.kind,

@@ -83,6 +83,12 @@ def test_too_many_rejects_apply_nothing_and_need_attention(mapping, caplog):
     assert run.rejects_file.endswith(".errors.csv")
     assert list(feed.failed_import_runs(NOW - dt.timedelta(days=1))) == [run]
     assert f"run {run.pk} rejected" in caplog.text
+
+    # the same refused file again: no second run, and it is not filed as done
+    _drop(mapping, "patients-again.csv", rows)
+    assert feed.feed_scan(now=NOW) == []
+    assert ImportRun.objects.count() == 1
+    assert (rejected / "20261203-090000-duplicate-patients-again.csv").exists()
     assert "測試" not in caplog.text and "C000019" not in caplog.text  # no patient data in logs
 
 
