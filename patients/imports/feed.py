@@ -111,11 +111,9 @@ def feed_import_file(*, mapping: ImportMapping, path: Path, now: datetime) -> Im
     )
     if seen:
         # The same bytes again: where the first one went (a refused file stays refused).
-        target = DONE if seen == ImportRun.Status.DONE else REJECTED
-        logger.info(
-            "import feed: a file for mapping %s came again, moved to %s", mapping.pk, target
-        )
-        _move(claimed, folder / target, f"{stamp}-duplicate-{path.name}")
+        again = DONE if seen == ImportRun.Status.DONE else REJECTED
+        logger.info("import feed: a file for mapping %s came again, moved to %s", mapping.pk, again)
+        _move(claimed, folder / again, f"{stamp}-duplicate-{path.name}")
         return None
     run = ImportRun.objects.create(
         kind=mapping.kind,
