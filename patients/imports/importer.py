@@ -941,9 +941,30 @@ def _phone_parse_cache() -> Iterator[None]:
     Saving one patient parses its number in the cell parser, the field's normalisation, the
     SMS flag and the blind index: libphonenumber's parse was most of an import's time. The
     cached parser is the same pure function (text and region in, number out), so other threads
-    using it meanwhile get the same answers.
+    using it meanwhile get the same answers; overlapping imports share one, and the last to
+    finish puts the plain parser back.
     """
-    original = normalise._parse
+    with _PHONE_CACHE_LOCK:
+        if _PHONE_CACHE["depth"] == 0:
+            _PHONE_CACHE["original"] = normalise._parse
+            normalise._parse = _cached_parser(normalise._parse)  # type: ignore[assignment]
+        _PHONE_CACHE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _PHONE_CACHE_LOCK:
+            _PHONE_CACHE["depth"] -= 1
+            if _PHONE_CACHE["depth"] == 0:
+                normalise._parse = _PHONE_CACHE.pop("original")
+
+
+_PHONE_CACHE_LOCK = threading.Lock()
+_PHONE_CACHE: dict[str, Any] = {"depth": 0}
+
+
+def _cached_parser(
+    original: Callable[[str], phonenumbers.PhoneNumber | None],
+) -> Callable[[str], phonenumbers.PhoneNumber | None]:
     cached = lru_cache(maxsize=1024)(original)
     by_e164: dict[str, phonenumbers.PhoneNumber] = {}
 
@@ -954,16 +975,11 @@ def _phone_parse_cache() -> Iterator[None]:
         if number is not None and not number.extension:
             if len(by_e164) > 4096:
                 by_e164.clear()
-            by_e164[f"+{number.country_code}{phonenumbers.national_significant_number(number)}"] = (
-                number
-            )
+            e164 = f"+{number.country_code}{phonenumbers.national_significant_number(number)}"
+            by_e164[e164] = number
         return number
 
-    normalise._parse = parse  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        normalise._parse = original  # type: ignore[assignment]
+    return parse
 
 
 # --- around the run --------------------------------------------------------------------------
