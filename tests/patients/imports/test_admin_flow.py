@@ -338,3 +338,17 @@ def test_a_run_nobody_picks_up_says_the_worker_may_be_down(desk, front_desk_user
     html = desk.get(reverse("admin:patients_importrun_change", args=[run.pk])).content.decode()
 
     assert 'id="run-waiting"' in html and "qcluster" in html
+
+
+def test_visits_preview_names_a_chart_number_with_no_patient(desk):
+    PatientFactory(chart_no="A1")
+    headers = ["病歷號", "就診日期", "科別", "醫師"]
+    rows = [["A1", "113/05/01", "家醫科", "王醫師"], ["ZZ9", "113/05/02", "家醫科", "王醫師"]]
+    token = _upload(desk, _csv(rows, headers=headers), kind="visits")
+    _map(desk, token)
+
+    preview = desk.get(reverse("admin:patients_importrun_preview", args=[token])).context["preview"]
+
+    known, unknown = preview.rows
+    assert known.outcome == "新增" and known.values[1] == "2024-05-01"
+    assert unknown.outcome == "錯誤" and "請先匯入病人資料" in unknown.errors[0].reason
