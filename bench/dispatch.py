@@ -1,15 +1,18 @@
-"""How fast the outbox goes out through two workers, and whether the rate limit holds.
+"""How fast the outbox goes out through 1, 2 and 4 workers, and whether the rate limit holds
+for all of them together.
 
     .venv/bin/python bench/dispatch.py [--messages 3000] [--limited 1000] [--limit 100]
-                                       [--mode qcluster|commands]
+                                       [--workers 1,2,4] [--mode commands|qcluster]
 
 Recreates the benchmark database (BENCH_DISPATCH_DATABASE_URL, by default
 clinic_crm_dispatch_bench), migrates it, creates patients with SMS care consent and one queued
 SMS each, and lets two workers send them to a fake Twilio on 127.0.0.1 (tests/reminders), which
-runs in a process of its own and notes the time of every request. Run 1 is unthrottled
-(throughput); run 2 sends --limited messages under CHANNEL_RATE_LIMITS=sms=--limit and reports
-the busiest one-second window. Workers are a real `manage.py qcluster` (Q_WORKERS=2, two
-dispatch_task tasks) or, with --mode commands, two `manage.py dispatch_messages` processes.
+runs in a process of its own and notes the time of every request. The workers share Redis
+(REDIS_URL, the broker and the send-rate slots), as several hosts would. First the outbox goes
+out unthrottled with each number of workers (throughput); then --limited messages go out with
+the most workers under CHANNEL_RATE_LIMITS=sms=--limit, and the busiest one-second window the
+provider saw is reported. Workers are N `manage.py dispatch_messages` processes or, with
+--mode qcluster, one `manage.py qcluster` with Q_WORKERS=N and N dispatch_task tasks.
 Then a few messages are sent in-process to count the queries each one costs.
 Results go to bench/results/dispatch.json.
 """
@@ -36,7 +39,7 @@ from seed_demo import recreate  # noqa: E402
 
 RESULT = ROOT / "bench" / "results" / "dispatch.json"
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/clinic_crm_dispatch_bench"
-WORKERS = 2
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 TARGET_PER_SECOND = 200
 RUN_TIMEOUT = 180  # seconds: a run that takes longer has failed
 COMMAND = {"qcluster": "qcluster", "commands": "dispatch_messages"}
@@ -131,18 +134,19 @@ def unsettled() -> int:
     return OutboxMessage.objects.filter(status__in=[Status.QUEUED, Status.SENDING]).count()
 
 
-def run_workers(mode: str, env: dict) -> float:
-    """Start two workers, wait until the outbox is empty, stop them; returns wall seconds."""
+def run_workers(mode: str, env: dict, workers: int) -> float:
+    """Start `workers` workers, wait until the outbox is empty, stop them; returns wall seconds."""
     manage = [sys.executable, str(ROOT / "manage.py")]
+    env = env | {"Q_WORKERS": str(workers)}
     started = time.perf_counter()
     if mode == "qcluster":
         from django_q.tasks import async_task
 
-        for _ in range(WORKERS):
+        for _ in range(workers):
             async_task("reminders.tasks.dispatch_task")
         commands = [[*manage, "qcluster"]]
     else:
-        commands = [[*manage, "dispatch_messages", "--seconds", str(RUN_TIMEOUT)]] * WORKERS
+        commands = [[*manage, "dispatch_messages", "--seconds", str(RUN_TIMEOUT)]] * workers
     processes = [
         subprocess.Popen(  # noqa: S603 - our own manage.py
             command,
@@ -217,20 +221,22 @@ def queries_per_message(count: int) -> dict:
     }
 
 
-def measure(count: int, limit: float, mode: str, env: dict, fake) -> dict:
-    """Queue `count` messages, send them with two workers under `limit`/s, read the fake."""
+def measure(count: int, limit: float, mode: str, env: dict, fake, workers: int) -> dict:
+    """Queue `count` messages, send them with `workers` workers under `limit`/s, read the
+    fake."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE reminders_outboxmessage CASCADE")
     populate(count)
     env["CHANNEL_RATE_LIMITS"] = f"sms={limit:g}"
-    seconds = run_workers(mode, env)
+    seconds = run_workers(mode, env, workers)
     fake.send("collect")
     seen = fake.recv()
     stamps = seen["stamps"]
     span = stamps[-1] - stamps[0]
     return {
+        "workers": workers,
         "messages": count,
         "rate_limit": env["CHANNEL_RATE_LIMITS"],
         "requests_at_fake": seen["n"],
@@ -248,7 +254,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--limited", type=int, default=1000)
     parser.add_argument("--limit", type=int, default=100, help="sms sends per second, run 2")
-    parser.add_argument("--mode", choices=["qcluster", "commands"], default="qcluster")
+    parser.add_argument("--workers", default="1,2,4", help="worker counts, comma-separated")
+    parser.add_argument("--mode", choices=["qcluster", "commands"], default="commands")
     args = parser.parse_args()
     url = os.environ.get("BENCH_DISPATCH_DATABASE_URL", DEFAULT_URL)
     name = urlsplit(url).path.lstrip("/")
@@ -267,8 +274,7 @@ def main() -> None:
         "TWILIO_FROM_NUMBER": "+15017122661",
         "TWILIO_MESSAGING_SERVICE_SID": "",
         "TWILIO_API_BASE_URL": fake_url,
-        "Q_WORKERS": str(WORKERS),
-        "REDIS_URL": "",
+        "REDIS_URL": REDIS_URL,
     }
     try:
         recreate(url)
@@ -280,10 +286,12 @@ def main() -> None:
         django.setup()
         from django.db import connection
 
+        counts = [int(n) for n in args.workers.split(",")]
         runs = {
-            "throughput": measure(args.messages, 100_000, args.mode, env, fake),
-            "rate_limited": measure(args.limited, args.limit, args.mode, env, fake),
+            f"throughput_{n}_workers": measure(args.messages, 100_000, args.mode, env, fake, n)
+            for n in counts
         }
+        runs["rate_limited"] = measure(args.limited, args.limit, args.mode, env, fake, max(counts))
         with connection.cursor() as cursor:
             cursor.execute("TRUNCATE reminders_outboxmessage CASCADE")
             cursor.execute("SHOW server_version")
@@ -293,12 +301,14 @@ def main() -> None:
         fake.send("stop")
         server.join(timeout=10)
 
-    throughput = runs["throughput"]["messages_per_second"]
+    by_workers = {n: runs[f"throughput_{n}_workers"]["messages_per_second"] for n in counts}
+    throughput = max(by_workers.values())
     busiest = runs["rate_limited"]["busiest_second"]
     result = {
         "benchmark": "dispatch",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "workers": f"{WORKERS} (manage.py {COMMAND[args.mode]})",
+        "workers": f"{args.workers} (manage.py {COMMAND[args.mode]}, Redis broker and limiter)",
+        "messages_per_second_by_workers": by_workers,
         "fake_provider": "FakeTwilio (tests/reminders) in its own process, TCP_NODELAY",
         "runs": runs,
         "targets": {"messages_per_second": TARGET_PER_SECOND, "busiest_second": args.limit},
@@ -315,11 +325,12 @@ def main() -> None:
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     limited = runs["rate_limited"]
+    scaling = ", ".join(f"{n} workers {rate}/s" for n, rate in by_workers.items())
     print(
-        f"{WORKERS} workers (manage.py {COMMAND[args.mode]}): {throughput} messages/s unthrottled "
-        f"({args.messages} messages, target {TARGET_PER_SECOND}/s)\n"
-        f"under sms={args.limit}: {limited['messages_per_second']}/s on average, busiest second "
-        f"{busiest} requests (limit {args.limit})\n"
+        f"manage.py {COMMAND[args.mode]}, unthrottled ({args.messages} messages, target "
+        f"{TARGET_PER_SECOND}/s): {scaling} on {os.cpu_count()} cores\n"
+        f"{max(counts)} workers under sms={args.limit}: {limited['messages_per_second']}/s on "
+        f"average, busiest second {busiest} requests (limit {args.limit})\n"
         f"one worker in-process: {profile['queries_per_message']} queries and "
         f"{profile['ms_per_message']} ms per message, {profile['db_ms_per_message']} ms of it "
         f"in the database\ntargets met: {result['within_targets']}  ->  "
