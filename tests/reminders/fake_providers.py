@@ -12,6 +12,7 @@ import json
 import re
 import secrets
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from email.utils import format_datetime
@@ -41,6 +42,7 @@ class Received:
     violations: list[str] = field(default_factory=list)
     status: int | None = None  # what the fake answered
     answer: dict | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived (CLOCK_MONOTONIC)
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
