@@ -659,7 +659,7 @@ class PatientHistory:
         send_at = fit(max(due, planned), expires, ctx.profile)
         if send_at is None:
             return self._skip(rule, planned, SkipReason.STALE, occurrence=occurrence)
-        if is_held_out(rule, patient.pk):
+        if rule.holdout_percent and is_held_out(rule, patient.pk):
             return self._skip(rule, planned, SkipReason.HOLDOUT, occurrence=occurrence)
         language = patient.preferred_language
         template = ctx.templates.get((rule.pk, channel, language))
