@@ -193,10 +193,40 @@ def _booked_after(moment: str, days: int) -> Exists:
     )
 
 
-def funnel(f: Filters, rules: list[Rule]) -> list[FunnelRow]:
+STEPS = ("queued", "waiting", "sent", "delivered", "failed", "dropped", "unknown", "replied")
+
+
+def message_steps(f: Filters) -> list[dict[str, Any]]:
+    """The outbox rows the filters select, counted per rule, channel and week by status: the
+    funnel's steps (summed per rule) and the delivery trend (per channel and week) from one
+    scan of the outbox. A few hundred rows."""
+    counted = (
+        messages_in(f)
+        .annotate(week=TruncWeek("due_at"))
+        .values("rule_id", "channel", "week")
+        .annotate(
+            queued=Count("id"),
+            waiting=Count("id", filter=Q(status__in=[Status.QUEUED, Status.SENDING])),
+            sent=Count("id", filter=Q(sent_at__isnull=False)),
+            delivered=Count("id", filter=Q(status=Status.DELIVERED)),
+            failed=Count("id", filter=Q(status=Status.FAILED)),
+            dropped=Count("id", filter=Q(status=Status.DROPPED)),
+            unknown=Count("id", filter=Q(status=Status.UNKNOWN)),
+            replied=Count("id", filter=Q(replied_at__isnull=False)),
+            handed=Count("id", filter=Q(status__in=HANDED_OVER)),
+        )
+        .order_by()
+    )
+    return [dict(row) for row in counted]
+
+
+def funnel(
+    f: Filters, rules: list[Rule], *, steps: list[dict[str, Any]] | None = None
+) -> list[FunnelRow]:
     """Per rule: due → queued → skipped by reason → sent → delivered → failed/dropped/unknown →
     replied → confirmed, and the outcomes of what was sent. Five queries: the steps (no join;
-    the covering index message_dashboard), the appointment and recall outcomes, the recalls
+    the covering index message_dashboard; `steps` when the caller has them already from
+    message_steps), the appointment and recall outcomes, the recalls
     that booked, the refill outcomes (the only DISTINCT count: a window gets a message per
     offset), the skips.
 
@@ -210,16 +240,8 @@ def funnel(f: Filters, rules: list[Rule]) -> list[FunnelRow]:
     }
     messages = messages_in(f)
     sent = Q(sent_at__isnull=False)
-    steps = messages.values("rule_id").annotate(
-        queued=Count("id"),
-        waiting=Count("id", filter=Q(status__in=[Status.QUEUED, Status.SENDING])),
-        sent=Count("id", filter=sent),
-        delivered=Count("id", filter=Q(status=Status.DELIVERED)),
-        failed=Count("id", filter=Q(status=Status.FAILED)),
-        dropped=Count("id", filter=Q(status=Status.DROPPED)),
-        unknown=Count("id", filter=Q(status=Status.UNKNOWN)),
-        replied=Count("id", filter=Q(replied_at__isnull=False)),
-    )
+    if steps is None:
+        steps = message_steps(f)
     in_appointment = Q(rule_id__in=ids_of["appointment"], appointment__isnull=False)
     in_recall = Q(rule_id__in=ids_of["recall"])
     outcomes = (
@@ -266,9 +288,12 @@ def funnel(f: Filters, rules: list[Rule]) -> list[FunnelRow]:
         )
     )
     rows = {r.pk: FunnelRow(rule=r) for r in rules}
+    for counted in steps:  # per rule, channel and week: a few hundred rows at most
+        row = rows[counted["rule_id"]]
+        for name in STEPS:
+            setattr(row, name, getattr(row, name) + counted[name])
     wanted_outcomes = ids_of["appointment"] + ids_of["recall"]
     for query in (
-        steps,
         outcomes if wanted_outcomes else [],
         booked if ids_of["recall"] else [],
         refills if ids_of["refill"] else [],
@@ -453,8 +478,9 @@ def _week(value: datetime | date) -> date:
     return value.date() if isinstance(value, datetime) else value
 
 
-def trends(f: Filters) -> Trends:
-    """Weekly no-show, confirmation and delivery rates and the opt-out rate: four queries."""
+def trends(f: Filters, *, steps: list[dict[str, Any]] | None = None) -> Trends:
+    """Weekly no-show, confirmation and delivery rates and the opt-out rate: four queries,
+    three with `steps` (message_steps, shared with the funnel)."""
     appointments = Appointment.objects.filter(starts_at__gte=f.start_at, starts_at__lt=f.end_at)
     where = {k: v for k, v in (("department", f.department), ("doctor", f.doctor)) if v}
     appointments = appointments.filter(**where)
@@ -482,21 +508,16 @@ def trends(f: Filters) -> Trends:
     for row in weekly:
         no_show.append(WeekRate(_week(row["week"]), row["no_show"], row["final"]))
         confirmed.append(WeekRate(_week(row["week"]), row["confirmed"], row["booked"]))
+    if steps is None:
+        steps = message_steps(f)
+    per_week: dict[tuple[str, date], list[int]] = defaultdict(lambda: [0, 0])
+    for counted in steps:  # per rule, channel and week: a few hundred rows at most
+        sums = per_week[(counted["channel"], _week(counted["week"]))]
+        sums[0] += counted["delivered"]
+        sums[1] += counted["handed"]
     delivery: dict[str, list[WeekRate]] = defaultdict(list)
-    channel_weeks = (
-        messages_in(f)
-        .annotate(week=TruncWeek("due_at"))
-        .values("week", "channel")
-        .annotate(
-            handed=Count("id", filter=Q(status__in=HANDED_OVER)),
-            delivered=Count("id", filter=Q(status=Status.DELIVERED)),
-        )
-        .order_by("channel", "week")
-    )
-    for one in channel_weeks:
-        delivery[one["channel"]].append(
-            WeekRate(_week(one["week"]), one["delivered"], one["handed"])
-        )
+    for (channel, week), (delivered, handed) in sorted(per_week.items()):
+        delivery[channel].append(WeekRate(week, delivered, handed))
     return Trends(no_show, confirmed, dict(delivery), opt_outs(f))
 
 

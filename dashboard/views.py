@@ -198,8 +198,9 @@ def index(request: HttpRequest) -> HttpResponse:
 
 def _page(f: Filters) -> dict[str, Any]:
     rules = selectors.rules_all()
-    funnel = selectors.funnel(f, rules)
-    trends = selectors.trends(f)
+    steps = selectors.message_steps(f)  # one scan of the outbox for both
+    funnel = selectors.funnel(f, rules, steps=steps)
+    trends = selectors.trends(f, steps=steps)
     costs = selectors.costs(f, rules)
     departments, doctors = selectors.departments_and_doctors()
     return {
