@@ -202,6 +202,8 @@ class Skip(models.Model):
         ordering = ["-at"]
         verbose_name = _("skipped message")
         verbose_name_plural = _("skipped messages")
+        # The dashboard's skips of a date range by rule and reason; retention's old skips.
+        indexes = [models.Index(fields=["at", "rule", "reason"], name="skip_at_rule_reason")]
         constraints = [
             models.UniqueConstraint(
                 fields=["rule", "patient", "occurrence_key"], name="skip_once_per_occurrence"
