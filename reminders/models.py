@@ -117,9 +117,7 @@ class OutboxMessage(models.Model):
             ),
             # Retention (reminders/retention.py) finds the texts still kept, however many
             # final rows have had theirs erased.
-            models.Index(
-                fields=["due_at"], condition=~models.Q(body=""), name="message_text_kept"
-            ),
+            models.Index(fields=["due_at"], condition=~models.Q(body=""), name="message_text_kept"),
             # The dashboard's cost of this month: what was handed over, by when.
             models.Index(
                 fields=["sent_at"],
