@@ -659,7 +659,9 @@ class ImportMapping(models.Model):
     """A saved column → field mapping for one source (the clinic's HIS export), reused by the
     command line, the admin page and the daily feed."""
 
-    name = models.CharField(_("name"), max_length=100, unique=True, validators=[validate_single_line])
+    name = models.CharField(
+        _("name"), max_length=100, unique=True, validators=[validate_single_line]
+    )
     kind = models.CharField(_("records"), max_length=16, choices=ImportKind.choices)
     source = models.CharField(
         _("source"),
