@@ -20,7 +20,7 @@ import calendar
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -33,6 +33,7 @@ from django.db.models import (
     Exists,
     F,
     IntegerField,
+    Min,
     OuterRef,
     Q,
     QuerySet,
@@ -48,6 +49,7 @@ from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.templating import sms_size
 from consent.models import Action, Channel, ConsentEntry, ConsentState, Purpose
 from dashboard.filters import Filters
+from dashboard.models import MessageDay, SummarisedDay
 from dashboard.stats import Effect, relative_risk
 from patients.models import Appointment, RefillWindow, Visit
 from reminders.models import OutboxMessage, StaffTask, Status
@@ -196,28 +198,99 @@ def _booked_after(moment: str, days: int) -> Exists:
 STEPS = ("queued", "waiting", "sent", "delivered", "failed", "dropped", "unknown", "replied")
 
 
-def message_steps(f: Filters) -> list[dict[str, Any]]:
-    """The outbox rows the filters select, counted per rule, channel and week by status: the
-    funnel's steps (summed per rule) and the delivery trend (per channel and week) from one
-    scan of the outbox. A few hundred rows."""
+def step_counts() -> dict[str, Count]:
+    """What each funnel step counts among outbox rows (fresh expressions each call)."""
+    return {
+        "queued": Count("id"),
+        "waiting": Count("id", filter=Q(status__in=[Status.QUEUED, Status.SENDING])),
+        "sent": Count("id", filter=Q(sent_at__isnull=False)),
+        "delivered": Count("id", filter=Q(status=Status.DELIVERED)),
+        "failed": Count("id", filter=Q(status=Status.FAILED)),
+        "dropped": Count("id", filter=Q(status=Status.DROPPED)),
+        "unknown": Count("id", filter=Q(status=Status.UNKNOWN)),
+        "replied": Count("id", filter=Q(replied_at__isnull=False)),
+        "handed": Count("id", filter=Q(status__in=HANDED_OVER)),
+    }
+
+
+SUMMED = (*STEPS, "handed")
+
+
+def _live_steps(f: Filters) -> list[dict[str, Any]]:
     counted = (
         messages_in(f)
         .annotate(week=TruncWeek("due_at"))
         .values("rule_id", "channel", "week")
-        .annotate(
-            queued=Count("id"),
-            waiting=Count("id", filter=Q(status__in=[Status.QUEUED, Status.SENDING])),
-            sent=Count("id", filter=Q(sent_at__isnull=False)),
-            delivered=Count("id", filter=Q(status=Status.DELIVERED)),
-            failed=Count("id", filter=Q(status=Status.FAILED)),
-            dropped=Count("id", filter=Q(status=Status.DROPPED)),
-            unknown=Count("id", filter=Q(status=Status.UNKNOWN)),
-            replied=Count("id", filter=Q(replied_at__isnull=False)),
-            handed=Count("id", filter=Q(status__in=HANDED_OVER)),
-        )
+        .annotate(**step_counts())
         .order_by()
     )
-    return [dict(row) for row in counted]
+    return [{**row, "week": _week(row["week"])} for row in counted]
+
+
+def _spans(days: list[date]) -> list[tuple[date, date]]:
+    """Sorted days as runs of consecutive days, (first, last) each."""
+    spans: list[tuple[date, date]] = []
+    for day in days:
+        if spans and spans[-1][1] + timedelta(days=1) == day:
+            spans[-1] = (spans[-1][0], day)
+        else:
+            spans.append((day, day))
+    return spans
+
+
+def message_steps(f: Filters) -> list[dict[str, Any]]:
+    """The outbox rows the filters select, counted per rule, channel and week by status: the
+    funnel's steps (summed per rule) and the delivery trend (per channel and week). A few
+    hundred rows.
+
+    Days the worker has summarised (dashboard.MessageDay, SummarisedDay) come from the summary;
+    the rest (today, days ahead, any day not yet summarised) from the outbox itself, one query
+    per run of such days. With a department or doctor chosen everything is counted live: the
+    summary has no patients."""
+    if f.department or f.doctor:
+        return _live_steps(f)
+    last_summarised = min(f.end, timezone.localdate() - timedelta(days=1))
+    summarised = set(
+        SummarisedDay.objects.filter(day__gte=f.start, day__lte=last_summarised).values_list(
+            "day", flat=True
+        )
+    )
+    every_day = [f.start + timedelta(days=n) for n in range(f.days)]
+    rows = []
+    for first, last in _spans([day for day in every_day if day not in summarised]):
+        rows += _live_steps(replace(f, start=first, end=last))
+    if summarised:
+        days = MessageDay.objects.filter(day__gte=f.start, day__lte=last_summarised)
+        if f.rule_id:
+            days = days.filter(rule_id=f.rule_id)
+        if f.channel:
+            days = days.filter(channel=f.channel)
+        rows += [
+            dict(row)
+            for row in days.values("rule_id", "channel", "week")
+            .annotate(**{name: Sum(name) for name in SUMMED})
+            .order_by()
+        ]
+    merged: dict[tuple[int, str, date], dict[str, Any]] = {}
+    for row in rows:  # the live and summarised parts of a week added up
+        key = (row["rule_id"], row["channel"], row["week"])
+        if key in merged:
+            for name in SUMMED:
+                merged[key][name] += row[name]
+        else:
+            merged[key] = dict(row)
+    return list(merged.values())
+
+
+def summary_as_of(f: Filters) -> datetime | None:
+    """When the oldest summarised day in the range was counted (None: all counted live)."""
+    if f.department or f.doctor:
+        return None
+    found = SummarisedDay.objects.filter(day__gte=f.start, day__lte=f.end).aggregate(
+        oldest=Min("refreshed_at")
+    )
+    oldest: datetime | None = found["oldest"]
+    return oldest
 
 
 def funnel(

@@ -224,6 +224,7 @@ def _page(f: Filters) -> dict[str, Any]:
         "attention": attention_links(f, selectors.attention(f, rules, funnel_rows=funnel)),
         "sms_cap": settings.SMS_MAX_SEGMENTS,
         "now": timezone.localtime(),
+        "summary_as_of": selectors.summary_as_of(f),
         "today": timezone.localdate(),
         "min_group": selectors.min_group(),
         "recall_days": selectors.recall_days(),

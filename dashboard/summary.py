@@ -1,0 +1,88 @@
+"""Keeps dashboard.MessageDay: the outbox counted per clinic-local day, rule and channel.
+
+The worker re-counts the last few days every few minutes (a message's status, delivery receipt
+and reply arrive after its due day); `manage.py dashboard_refresh --since DATE` re-counts any
+span, the whole outbox by default. Today is never summarised: the page counts it live."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from campaigns.sendwindow import day_bounds
+from dashboard.models import MessageDay, SummarisedDay
+from reminders.models import OutboxMessage
+
+
+def recent_days() -> int:
+    """How many days before today each scheduled refresh re-counts: late delivery receipts,
+    replies and retries land within this; older changes wait for a full refresh."""
+    return int(getattr(settings, "DASHBOARD_SUMMARY_DAYS", 14))
+
+
+def step_counts() -> dict[str, Count]:
+    # Imported here: the selectors import this module's models, not the other way round.
+    from dashboard.selectors import step_counts as counts
+
+    return counts()
+
+
+def refresh(first: date, last: date) -> int:
+    """Re-count the days `first`..`last` (both included, none from today on); returns how many
+    summary rows they now have. One aggregate over those days' outbox rows (the due_at index),
+    one delete and one insert, in one transaction: a page reads the old counts or the new."""
+    last = min(last, timezone.localdate() - timedelta(days=1))
+    if last < first:
+        return 0
+    start_at, end_at = day_bounds(first)[0], day_bounds(last)[1]
+    counted = (
+        OutboxMessage.objects.filter(due_at__gte=start_at, due_at__lt=end_at)
+        .annotate(day=TruncDate("due_at", tzinfo=timezone.get_current_timezone()))
+        .values("day", "rule_id", "channel")
+        .annotate(**step_counts())
+        .order_by()
+    )
+    now = timezone.now()
+    rows = [
+        MessageDay(week=row["day"] - timedelta(days=row["day"].weekday()), **row)
+        for row in counted.iterator(chunk_size=2000)  # days × rules × channels: thousands
+    ]
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    with transaction.atomic():
+        MessageDay.objects.filter(day__gte=first, day__lte=last).delete()
+        MessageDay.objects.bulk_create(rows, batch_size=1000)
+        SummarisedDay.objects.bulk_create(
+            [SummarisedDay(day=day, refreshed_at=now) for day in days],
+            update_conflicts=True,
+            unique_fields=["day"],
+            update_fields=["refreshed_at"],
+        )
+    return len(rows)
+
+
+def refresh_recent() -> int:
+    """The scheduled refresh: the last recent_days() days before today."""
+    today = timezone.localdate()
+    return refresh(today - timedelta(days=recent_days()), today - timedelta(days=1))
+
+
+def refresh_since(first: date | None = None) -> int:
+    """Re-count every day from `first` (by default the oldest message's) to yesterday, a month
+    at a time so that each transaction stays short."""
+    if first is None:
+        oldest = OutboxMessage.objects.order_by("due_at").values_list("due_at", flat=True).first()
+        if oldest is None:
+            return 0
+        first = timezone.localtime(oldest).date()
+    yesterday = timezone.localdate() - timedelta(days=1)
+    total = 0
+    while first <= yesterday:
+        last = min(first + timedelta(days=30), yesterday)
+        total += refresh(first, last)
+        first = last + timedelta(days=1)
+    return total

@@ -1,0 +1,97 @@
+"""The outbox summary (dashboard.MessageDay): the page's figures are the same read from it as
+counted live, a summarised day is read from the summary (not the outbox), today stays live,
+and the management command and the scheduled refresh fill it."""
+
+import datetime as dt
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+
+from dashboard import selectors, summary
+from dashboard.models import MessageDay, SummarisedDay
+from reminders.models import OutboxMessage, Status
+from tests.dashboard.conftest import NOW, RANGE, _message, at
+from tests.dashboard.test_dashboard_numbers import parsed
+
+pytestmark = pytest.mark.django_db
+
+
+def steps_of(f):
+    return sorted(
+        (row["rule_id"], row["channel"], row["week"], *(row[n] for n in selectors.SUMMED))
+        for row in selectors.message_steps(f)
+    )
+
+
+def test_figures_from_the_summary_equal_those_counted_live(small_clinic):
+    for extra in ({}, {"channel": "sms"}, {"rule": str(small_clinic.visit_rule.pk)}):
+        live = steps_of(parsed(**extra))
+        assert live  # the fixture has messages in every one of these
+        summary.refresh_since()
+        assert SummarisedDay.objects.filter(day=dt.date(2026, 3, 9)).exists()
+        assert MessageDay.objects.exists()
+        assert steps_of(parsed(**extra)) == live
+        SummarisedDay.objects.all().delete()
+
+
+def test_a_summarised_day_is_read_from_the_summary_until_re_counted(small_clinic):
+    f = parsed()
+    before = {r.rule.pk: r for r in selectors.funnel(f, selectors.rules_all())}
+    summary.refresh_since()
+    # A receipt after the count: the summary still says what it counted ...
+    message = OutboxMessage.objects.filter(rule=small_clinic.visit_rule, status=Status.SENT)
+    message.update(status=Status.DELIVERED)
+    row = {r.rule.pk: r for r in selectors.funnel(f, selectors.rules_all())}[
+        small_clinic.visit_rule.pk
+    ]
+    assert row.delivered == before[small_clinic.visit_rule.pk].delivered
+    # ... until the worker's next refresh of the recent days.
+    assert summary.refresh_recent() > 0
+    row = {r.rule.pk: r for r in selectors.funnel(f, selectors.rules_all())}[
+        small_clinic.visit_rule.pk
+    ]
+    assert row.delivered == before[small_clinic.visit_rule.pk].delivered + 1
+
+
+def test_today_is_counted_live_and_never_summarised(small_clinic):
+    summary.refresh_since()
+    assert not SummarisedDay.objects.filter(day__gte=NOW.date()).exists()
+    today = parsed(end=NOW.date().isoformat())
+    before = {r.rule.pk: r.queued for r in selectors.funnel(today, selectors.rules_all())}
+    _message(
+        small_clinic.recall_rule,
+        small_clinic.patients[0],
+        99,
+        status=Status.QUEUED,
+        due=at(10, hour=7),
+        sent=False,
+    )
+    after = {r.rule.pk: r.queued for r in selectors.funnel(today, selectors.rules_all())}
+    assert after[small_clinic.recall_rule.pk] == before[small_clinic.recall_rule.pk] + 1
+
+
+def test_department_filter_is_counted_live(small_clinic):
+    department = small_clinic.patients[0].visits.values_list("department", flat=True).first()
+    f = parsed(department=department or "家醫科")
+    live = steps_of(f)
+    summary.refresh_since()
+    MessageDay.objects.update(queued=1000)  # would show if the summary were read
+    assert steps_of(f) == live
+
+
+def test_command_rebuilds_from_a_day(small_clinic):
+    call_command("dashboard_refresh", "--since", "2026-03-04")
+    days = set(SummarisedDay.objects.values_list("day", flat=True))
+    assert min(days) == dt.date(2026, 3, 4)
+    assert max(days) == dt.date(2026, 3, 9)
+    assert not MessageDay.objects.filter(day__lt=dt.date(2026, 3, 4)).exists()
+
+
+def test_page_says_when_the_summary_was_counted(client, manager_user, small_clinic):
+    client.force_login(manager_user)
+    page = client.get(reverse("dashboard:index"), RANGE).content.decode()
+    assert 'id="summary-as-of"' not in page
+    summary.refresh_since()
+    page = client.get(reverse("dashboard:index"), RANGE).content.decode()
+    assert "今天以前的訊息數量最後更新於 2026-03-10 08:00" in page
