@@ -20,6 +20,9 @@ SCHEDULES = [
     # New files in the daily import feed folder (patients/imports/feed.py; off without
     # IMPORT_FEED_DIR); also deletes abandoned uploads of the admin's import page.
     ("import daily feed files", "patients.imports.feed.feed_task", settings.IMPORT_FEED_MINUTES),
+    # The dashboard reads its message counts of days before today from this summary
+    # (dashboard.summary): re-count the last two weeks, where receipts and replies still land.
+    ("count the dashboard's recent messages", "dashboard.tasks.summary_refresh_task", 5),
 ]
 # The managers' weekly summary e-mail (it sends only when DASHBOARD_WEEKLY_EMAIL is on, and
 # once a week however often it runs): Mondays at this hour in the clinic's zone.
