@@ -95,3 +95,19 @@ def test_page_says_when_the_summary_was_counted(client, manager_user, small_clin
     summary.refresh_since()
     page = client.get(reverse("dashboard:index"), RANGE).content.decode()
     assert "今天以前的訊息數量最後更新於 2026-03-10 08:00" in page
+
+
+def test_setup_schedules_refreshes_the_summary_every_few_minutes():
+    from django_q.models import Schedule
+
+    call_command("setup_schedules", stdout=open("/dev/null", "w"))  # noqa: SIM115
+    schedule = Schedule.objects.get(func="dashboard.tasks.summary_refresh_task")
+    assert (schedule.schedule_type, schedule.minutes) == (Schedule.MINUTES, 5)
+
+
+def test_scheduled_task_counts_the_recent_days(small_clinic):
+    from dashboard.tasks import summary_refresh_task
+
+    assert summary_refresh_task() > 0
+    days = set(SummarisedDay.objects.values_list("day", flat=True))
+    assert days == {NOW.date() - dt.timedelta(days=n) for n in range(1, 15)}
