@@ -43,10 +43,8 @@ from django.db import connection, transaction
 from django.db.models import (
     BooleanField,
     Count,
-    Exists,
     ExpressionWrapper,
     F,
-    OuterRef,
     Q,
     QuerySet,
     Value,
@@ -56,12 +54,12 @@ from django.utils import timezone
 
 from campaigns.kinds import KINDS, Due
 from campaigns.models import MessageTemplate, Rule, RuleKind
-from campaigns.planner import BATCH, _existing_keys
-from campaigns.policy import plan_decision, policy_annotations
+from campaigns.planner import BATCH, _existing_keys, due_annotations
+from campaigns.policy import plan_decision
 from campaigns.sendwindow import at_local
 from consent.models import Purpose
 from consent.selectors import patient_prefix
-from patients.models import Appointment, ClinicProfile, Patient, Visit
+from patients.models import Appointment, ClinicProfile, Visit
 from reminders.models import OutboxMessage, Status
 
 FALLBACK_LANGUAGE = "zh-hant"  # the planner's template fallback (campaigns.planner._texts)
@@ -223,6 +221,7 @@ def _count_dues(
     # (the week's query hands each record's days over together).
     counted: set[tuple[int, str]] = set()
     remember = _repeats(rule) and _per_day(rule)
+    zone = timezone.get_current_timezone()  # looked up once, not for each row
     rows = _week_rows(rule, moments=moments, profile=profile, patients=patients)
     while batch := list(islice(rows, BATCH)):
         existing = _existing_keys(rule, {dues[0][1].row["pid"] for dues in batch})
@@ -242,7 +241,7 @@ def _count_dues(
                 seen.add(due.occurrence_key)
                 if remember:
                     counted.add(key)
-                day = timezone.localdate(decision.send_at)
+                day = decision.send_at.astimezone(zone).date()
                 if day > last or (channel and on != channel):
                     continue
                 counts[rule.pk, day, on] += 1
@@ -317,22 +316,17 @@ def _week_rows(
 
 
 def _annotated(rule: Rule, rows: QuerySet[Any], *, ref: str, at: datetime) -> QuerySet[Any]:
-    """`rows` annotated as campaigns.planner.due_set annotates a kind's selection (the same
-    facts for plan_decision, from policy_annotations), plus the patient's language."""
-    prefix = patient_prefix(ref)
-    annotations: dict[str, Any] = {
-        "pid": F(ref),
-        "birth": F(f"{prefix}birth_date"),
-        "patient_sex": F(f"{prefix}sex"),
-        "preferred": F(f"{prefix}preferred_channel"),
-        "language": F(f"{prefix}preferred_language"),
-        **policy_annotations(rule=rule, patient_ref=ref, at=at),
-    }
-    if rule.conditions.exists():
-        annotations["in_conditions"] = Exists(
-            Patient.conditions.through.objects.filter(
-                patient_id=OuterRef(ref), condition__in=rule.conditions.all()
-            )
-        )
+    """`rows` annotated as campaigns.planner.due_set annotates a kind's selection (its own
+    due_annotations, so the decision reads the same facts), plus the patient's language.
+
+    Without the withdrawals: plan_decision reads `<channel>_withdrawn` only to name why a row
+    reaches no channel (withdrawn rather than never given), and such a row is a skip either
+    way, which the forecast does not count. Each of those subqueries read the refused rows of
+    the consent table, a third of the query's time."""
+    annotations = due_annotations(rule, patient_ref=ref, at=at)
+    for name in annotations:
+        if name.endswith("_withdrawn"):
+            annotations[name] = Value(False, output_field=BooleanField())
+    annotations["language"] = F(f"{patient_prefix(ref)}preferred_language")
     annotated: QuerySet[Any] = rows.annotate(**annotations)
     return annotated.values(*annotations, *KINDS[rule.kind].fields)

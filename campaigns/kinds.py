@@ -103,15 +103,11 @@ def _birthday(rule: Rule, today: date, now: datetime, profile: ClinicProfile) ->
         if (birthday.month, birthday.day) == (2, 28) and not _leap(birthday.year):
             targets[229] = birthday  # born on Feb 29: greeted on Feb 28 in common years
     rows = Patient.objects.filter(birth_mmdd__in=list(targets), birth_date__isnull=False)
+    send_at, expires = at_local(today, rule.send_time), day_bounds(today)[1]  # once, not per row
 
     def expand(row: Row) -> Iterator[Due]:
         birthday = targets[row["birth_mmdd"]]
-        yield Due(
-            row,
-            f"birthday:{birthday.isoformat()}",
-            at_local(today, rule.send_time),
-            day_bounds(today)[1],
-        )
+        yield Due(row, f"birthday:{birthday.isoformat()}", send_at, expires)
 
     return Selection(rows, "id", expand)
 
@@ -129,15 +125,17 @@ def _postop(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> S
     if rule.care_plan_key:
         rows = rows.filter(care_plan_key=rule.care_plan_key)
     rows = rows.annotate(procedure_id=F("id"), discharged=F("discharged_at"))
+    send_at, expires = at_local(today, rule.send_time), day_bounds(today)[1]
+    zone = timezone.get_current_timezone()
 
     def expand(row: Row) -> Iterator[Due]:
         discharged = row["discharged"]
-        offset = discharge_days[timezone.localtime(discharged).date()]
+        offset = discharge_days[timezone.localtime(discharged, zone).date()]
         yield Due(
             row,
             f"procedure:{row['procedure_id']}:day{offset}",
-            discharged if offset == 0 else at_local(today, rule.send_time),
-            day_bounds(today)[1],
+            discharged if offset == 0 else send_at,
+            expires,
             refs={"procedure_id": row["procedure_id"]},
         )
 
@@ -185,13 +183,17 @@ def _dose(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Sel
         )
     )
 
+    dose_times: dict[tuple[date, str], datetime] = {}  # a few clock times shared by many rows
+
     def expand(row: Row) -> Iterator[Due]:
         last_day = row["start"] + timedelta(days=row["days"] - 1)
         for day in (today, today + timedelta(days=1)):
             if not row["start"] <= day <= last_day:
                 continue
             for clock in row["times"] or []:
-                dose_at = at_local(day, time.fromisoformat(clock))
+                dose_at = dose_times.get((day, clock))
+                if dose_at is None:
+                    dose_at = dose_times[day, clock] = at_local(day, time.fromisoformat(clock))
                 for minutes in rule.offsets:
                     due = dose_at - timedelta(minutes=minutes)
                     if dose_at > now and due <= now + DOSE_LOOKAHEAD:
@@ -250,17 +252,25 @@ def _refill(anchor: str) -> Callable[[Rule, date, datetime, ClinicProfile], Sele
             anchor_day=F(anchor),
         )
 
+        send_at = at_local(today, rule.send_time)
+        bounds: dict[date, tuple[datetime, datetime]] = {}  # windows share a few dates
+
+        def bounds_of(day: date) -> tuple[datetime, datetime]:
+            if day not in bounds:
+                bounds[day] = day_bounds(day)
+            return bounds[day]
+
         def expand(row: Row) -> Iterator[Due]:
             offset = targets[row["anchor_day"]]
             yield Due(
                 row,
                 f"refill:{row['window_id']}:{anchor}{offset:+d}",
-                at_local(today, rule.send_time),
-                day_bounds(row["window_closes"])[1],
+                send_at,
+                bounds_of(row["window_closes"])[1],
                 refs={"refill_window_id": row["window_id"], "prescription_id": row["rx_id"]},
                 # The window as the text states it, from its opening to the end of its last
                 # day: the gate drops the message if the window moves before it goes out.
-                anchor_at=day_bounds(row["window_opens"])[0],
+                anchor_at=bounds_of(row["window_opens"])[0],
             )
 
         return Selection(rows, "prescription__patient_id", expand)
@@ -335,19 +345,30 @@ def _appointment(rule: Rule, today: date, now: datetime, profile: ClinicProfile)
         visit_department=F("department"),
     )
 
+    send_at = at_local(today, rule.send_time)
+    zone = timezone.get_current_timezone()
+    # Per visit day, worked out once for its many appointments: the day's start, and whether
+    # its open day to send on has passed (booked late, or planned on a closed day).
+    visit_facts: dict[date, tuple[datetime, bool]] = {}
+
+    def facts(visit_day: date, offset: int) -> tuple[datetime, bool]:
+        if visit_day not in visit_facts:
+            passed = offset < 0 and send_day_before(visit_day, -offset, profile) != today
+            visit_facts[visit_day] = (day_bounds(visit_day)[0], passed)
+        return visit_facts[visit_day]
+
     def expand(row: Row) -> Iterator[Due]:
         starts = row["starts"]
-        visit_day = timezone.localtime(starts).date()
+        visit_day = timezone.localtime(starts, zone).date()
         offset = visit_days[visit_day]
         expires, passed = starts, False
         if offset < 0:
-            expires = min(starts, day_bounds(visit_day)[0])
-            # Its open day has passed: booked late, or planned on a closed day.
-            passed = send_day_before(visit_day, -offset, profile) != today
+            day_starts, passed = facts(visit_day, offset)
+            expires = min(starts, day_starts)
         yield Due(
             row,
             f"appointment:{row['appointment_id']}:{starts.astimezone(UTC).isoformat()}",
-            at_local(today, rule.send_time),
+            send_at,
             expires,
             refs={"appointment_id": row["appointment_id"]},
             anchor_at=starts,
@@ -421,13 +442,10 @@ def _recall(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> S
             Exists(Patient.conditions.through.objects.filter(patient_id=OuterRef("id")))
         )
 
+    send_at, expires = at_local(today, rule.send_time), day_bounds(today)[1]
+
     def expand(row: Row) -> Iterator[Due]:
-        yield Due(
-            row,
-            f"recall:{row['last_visit'].isoformat()}",
-            at_local(today, rule.send_time),
-            day_bounds(today)[1],
-        )
+        yield Due(row, f"recall:{row['last_visit'].isoformat()}", send_at, expires)
 
     return Selection(rows, "id", expand)
 

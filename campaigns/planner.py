@@ -78,23 +78,30 @@ def due_set(rule: Rule, *, now: datetime, profile: ClinicProfile) -> tuple[Query
     today = timezone.localdate(now)
     kind = KINDS[rule.kind]
     selection = kind.select(rule, today, now, profile)
-    ref = selection.patient_ref
-    prefix = patient_prefix(ref)
+    annotations = due_annotations(rule, patient_ref=selection.patient_ref, at=now)
+    fields = [*annotations, *kind.fields]
+    return selection.rows.annotate(**annotations).values(*fields), selection.expand
+
+
+def due_annotations(rule: Rule, *, patient_ref: str, at: datetime) -> dict[str, Any]:
+    """What `due_set` annotates on a kind's selection (rows reaching the patient at
+    `patient_ref`): the patient's facts plan_decision reads and the policy's annotations at
+    `at`. Shared with campaigns.forecast, which must decide exactly as the planner does."""
+    prefix = patient_prefix(patient_ref)
     annotations: dict[str, Any] = {
-        "pid": F(ref),
+        "pid": F(patient_ref),
         "birth": F(f"{prefix}birth_date"),
         "patient_sex": F(f"{prefix}sex"),
         "preferred": F(f"{prefix}preferred_channel"),
-        **policy_annotations(rule=rule, patient_ref=ref, at=now),
+        **policy_annotations(rule=rule, patient_ref=patient_ref, at=at),
     }
     if rule.conditions.exists():
         annotations["in_conditions"] = Exists(
             Patient.conditions.through.objects.filter(
-                patient_id=OuterRef(ref), condition__in=rule.conditions.all()
+                patient_id=OuterRef(patient_ref), condition__in=rule.conditions.all()
             )
         )
-    fields = [*annotations, *kind.fields]
-    return selection.rows.annotate(**annotations).values(*fields), selection.expand
+    return annotations
 
 
 def _dues(rule: Rule, *, now: datetime, profile: ClinicProfile) -> Iterator[Due]:

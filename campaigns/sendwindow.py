@@ -5,6 +5,7 @@ The planner and the send gate both ask `fit`: the one definition of "when may th
 """
 
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
 from django.utils import timezone
 
@@ -18,6 +19,9 @@ LONGEST_CLOSURE_DAYS = 62
 # Where the closure dates loaded for a profile are kept, on that profile object: loaded once
 # per year per planning pass or dispatch batch (each loads its own profile), never per call.
 _CALENDAR = "_clinic_days_by_year"
+# Where next_send_time keeps its answers on a profile object, and how many at most.
+_ANSWERS = "_next_send_times"
+_MAX_ANSWERS = 10_000
 
 
 def at_local(day: date, clock: time) -> datetime:
@@ -51,7 +55,27 @@ def next_send_time(moment: datetime, profile: ClinicProfile) -> datetime:
     """`moment` itself if the clinic may send then, else the next opening of its window.
 
     Raises ValueError when the clinic is closed every day of the next LONGEST_CLOSURE_DAYS."""
-    local = timezone.localtime(moment)
+    # The planner asks about the same few moments for thousands of rows (a rule's send time
+    # today, a dose time): the answer is kept on the profile, like its closure dates, keyed
+    # with everything it depends on that a caller may change on the same object.
+    zone = timezone.get_current_timezone()
+    key = (
+        moment,
+        zone,
+        profile.send_window_start,
+        profile.send_window_end,
+        tuple(profile.closed_weekdays or ()),
+    )
+    answers: dict[tuple[Any, ...], datetime] = profile.__dict__.setdefault(_ANSWERS, {})
+    if (known := answers.get(key)) is not None:
+        return known
+    if len(answers) >= _MAX_ANSWERS:  # a long-lived profile asked about ever new moments
+        answers.clear()
+    answers[key] = answer = _next_send_time(timezone.localtime(moment, zone), profile)
+    return answer
+
+
+def _next_send_time(local: datetime, profile: ClinicProfile) -> datetime:
     day = local.date()
     for _ in range(LONGEST_CLOSURE_DAYS + 1):
         if is_open_day(day, profile):

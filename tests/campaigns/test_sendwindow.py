@@ -98,3 +98,26 @@ def test_the_calendar_is_read_once_per_profile_and_year(profile, django_assert_n
         for hour in range(24):
             next_send_time(taipei(2026, 12, 31, hour), profile)
         next_send_time(taipei(2027, 1, 2, 22), profile)
+
+
+def test_a_changed_window_or_closed_weekday_is_answered_anew_on_the_same_profile(profile):
+    # next_send_time keeps its answers on the profile (the planner asks about one moment for
+    # thousands of rows): a profile edited in place must not get the old answer back.
+    friday_night = taipei(2026, 11, 27, 22, 0)
+    assert next_send_time(friday_night, profile) == taipei(2026, 11, 28, 9, 0)
+
+    profile.closed_weekdays = [5, 6]
+    assert next_send_time(friday_night, profile) == taipei(2026, 11, 30, 9, 0)
+
+    profile.send_window_start = dt.time(10)
+    assert next_send_time(friday_night, profile) == taipei(2026, 11, 30, 10, 0)
+
+
+def test_the_same_moment_is_answered_in_the_active_time_zone(profile):
+    from django.utils import timezone
+
+    moment = taipei(2026, 11, 24, 10, 0)
+    assert next_send_time(moment, profile) == moment  # inside 09:00–21:00 Taipei
+
+    with timezone.override(dt.UTC):  # 02:00 UTC: before the window in that zone
+        assert next_send_time(moment, profile) == dt.datetime(2026, 11, 24, 9, tzinfo=dt.UTC)
