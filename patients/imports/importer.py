@@ -29,6 +29,7 @@ from clinic_crm.fields import BlindIndexField, EncryptedTextField, MobileFlagFie
 from consent.models import Action, ConsentEntry, ConsentState, Source
 from consent.services import consent_bulk_record, consent_record
 from patients.imports import cells
+from patients.imports.copy_insert import insert_new
 from patients.imports.kinds import KINDS, FieldSpec, KindSpec
 from patients.imports.mapping import check_mapping
 from patients.imports.report import MAX_LISTED_CHANGES, Change, ImportReport, RowError
@@ -587,7 +588,7 @@ class PatientHandler(Handler):
             updates[id(patient)] = (patient, changed)
             self._index(patient, by_chart, by_nid, by_phone_birth, nid=nid, phone=phone)
             context.change(row, patient.chart_no, "updated", tuple(sorted(changed)))
-        Patient.objects.bulk_create(new, batch_size=BATCH)
+        insert_new(Patient, new)
         _bulk_update(Patient, list(updates.values()), context.now)
         self._record_consents(consents)
         context.audit_patients({p.pk: p.uuid for p in touched.values()})
@@ -781,7 +782,7 @@ class RecordHandler(Handler):
             self.update(obj, values, changed)
             updates[id(obj)] = (obj, changed)
             context.change(row, str(label), "updated", tuple(sorted(changed)))
-        self.model._default_manager.bulk_create(new, batch_size=BATCH)
+        insert_new(self.model, new)
         _bulk_update(self.model, list(updates.values()), context.now)
         self.after_write(new, [obj for obj, _changed in updates.values()])
         context.audit_patients(linked)

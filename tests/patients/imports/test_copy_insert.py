@@ -1,0 +1,67 @@
+import datetime as dt
+
+import pytest
+from django.db import connection
+
+from patients.imports.copy_insert import insert_new
+from patients.models import Patient, Visit
+from tests.factories import PatientFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _stored(model, pk, column):
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {column} FROM {model._meta.db_table} WHERE id = %s", [pk])  # noqa: S608
+        return cursor.fetchone()[0]
+
+
+def test_new_patients_are_stored_as_bulk_create_would_store_them():
+    # COPY on PostgreSQL, bulk_create on SQLite: the same rows either way.
+    patients = [
+        Patient(
+            chart_no="C1",
+            name="王小明",
+            birth_date=dt.date(1970, 2, 3),
+            phone="0912-345-678",
+            national_id="A123456789",
+        ),
+        Patient(chart_no="C2", name="林美玲", phone="02 2345 6789"),
+    ]
+
+    insert_new(Patient, patients)
+
+    first = Patient.objects.get(pk=patients[0].pk)
+    assert (first.name, first.phone, first.national_id) == ("王小明", "+886912345678", "A123456789")
+    assert first.phone_is_mobile and first.birth_mmdd == 203 and first.created_at
+    assert _stored(Patient, first.pk, "name").startswith("v1.")  # encrypted, not plaintext
+    assert Patient.objects.get(phone_bidx=Patient.index_of("phone", "0912345678")) == first
+    assert Patient.objects.get(national_id_bidx=Patient.index_of("national_id", "a123456789"))
+    second = Patient.objects.get(pk=patients[1].pk)
+    assert second.uuid == patients[1].uuid and not second.phone_is_mobile
+    assert second.national_id == "" and second.national_id_bidx is None
+    # The objects come back saved, for the audit links and consents that point at them.
+    assert all(not p._state.adding for p in patients)
+
+
+def test_new_records_point_at_their_patient_and_get_ids_after_existing_rows():
+    patient = PatientFactory()
+    before = Visit.objects.create(patient=patient, department="內科", doctor="林醫師")
+    visits = [
+        Visit(
+            patient_id=patient.pk,
+            visited_on=dt.date(2024, 5, 1),
+            department="家醫科",
+            doctor="王醫師",
+            note="第一行\n第二行",
+            external_id="V1",
+        ),
+    ]
+
+    insert_new(Visit, visits)
+
+    stored = Visit.objects.get(external_id="V1")
+    assert stored.pk == visits[0].pk and stored.pk > before.pk
+    assert (stored.patient, stored.note) == (patient, "第一行\n第二行")
+    # The sequence moved past the COPY's ids: an ordinary insert after it doesn't clash.
+    assert Visit.objects.create(patient=patient, department="內科", doctor="林醫師").pk > stored.pk
