@@ -31,7 +31,9 @@ def insert_new(model: type[models.Model], objs: Sequence[models.Model]) -> None:
     pk_column = meta.pk.column  # type: ignore[union-attr]
     fields = [f for f in meta.concrete_fields if not f.primary_key]
     table = connection.ops.quote_name(meta.db_table)
-    names = ", ".join(connection.ops.quote_name(f.column) for f in [meta.pk, *fields])  # type: ignore[list-item]
+    names = ", ".join(
+        connection.ops.quote_name(c) for c in [pk_column, *(f.column for f in fields)]
+    )
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
