@@ -32,7 +32,7 @@ def insert_new(model: type[models.Model], objs: Sequence[models.Model]) -> None:
     fields = [f for f in meta.concrete_fields if not f.primary_key]
     table = connection.ops.quote_name(meta.db_table)
     names = ", ".join(
-        connection.ops.quote_name(c) for c in [pk_column, *(f.column for f in fields)]
+        connection.ops.quote_name(str(c)) for c in [pk_column, *(f.column for f in fields)]
     )
     with connection.cursor() as cursor:
         cursor.execute(
