@@ -16,7 +16,7 @@ class MessageDay(models.Model):
     week = models.DateField()  # the Monday of `day`, as TruncWeek counts
     rule = models.ForeignKey("campaigns.Rule", on_delete=models.CASCADE, related_name="+")
     channel = models.CharField(max_length=8)
-    # The funnel's steps (dashboard.selectors.STEP_COUNTS says what each counts).
+    # The funnel's steps (dashboard.selectors.step_counts says what each counts).
     queued = models.PositiveIntegerField(default=0)
     waiting = models.PositiveIntegerField(default=0)
     sent = models.PositiveIntegerField(default=0)
@@ -26,6 +26,13 @@ class MessageDay(models.Model):
     unknown = models.PositiveIntegerField(default=0)
     replied = models.PositiveIntegerField(default=0)
     handed = models.PositiveIntegerField(default=0)
+    # The outcomes of what was sent, as they stood when counted.
+    confirmed = models.PositiveIntegerField(default=0)
+    appointments = models.PositiveIntegerField(default=0)
+    attended = models.PositiveIntegerField(default=0)
+    no_show = models.PositiveIntegerField(default=0)
+    recalled = models.PositiveIntegerField(default=0)
+    booked = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -213,17 +213,87 @@ def step_counts() -> dict[str, Count]:
     }
 
 
-SUMMED = (*STEPS, "handed")
+# What a message's outcome adds up to (counted by the message, at the time of counting).
+OUTCOMES = ("confirmed", "appointments", "attended", "no_show", "recalled", "booked")
+SUMMED = (*STEPS, "handed", *OUTCOMES)
 
 
-def _live_steps(f: Filters) -> list[dict[str, Any]]:
-    counted = (
-        messages_in(f)
-        .annotate(week=TruncWeek("due_at"))
-        .values("rule_id", "channel", "week")
-        .annotate(**step_counts())
-        .order_by()
-    )
+def kind_ids(rules: list[Rule]) -> dict[str, list[int]]:
+    return {
+        "appointment": [r.pk for r in rules if r.kind in APPOINTMENT_KINDS],
+        "refill": [r.pk for r in rules if r.kind in REFILL_KINDS],
+        "recall": [r.pk for r in rules if r.kind in RECALL_KINDS],
+    }
+
+
+def counted_messages(
+    messages: QuerySet[OutboxMessage], rules: list[Rule], group: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """`messages` counted per rule, channel and the `group` annotations (a week or a day): the
+    funnel's steps (no join; the covering index message_dashboard), the appointment and recall
+    outcomes, the recalls that booked. Three queries at most.
+
+    An appointment rule sends at most one message per appointment (its occurrence key names
+    the appointment, campaigns/kinds.py), so counting its messages counts appointments; a recall
+    is counted per message (one per patient and last visit)."""
+    ids_of = kind_ids(rules)
+    names = ("rule_id", "channel", *group)
+    sent = Q(sent_at__isnull=False)
+    in_appointment = Q(rule_id__in=ids_of["appointment"], appointment__isnull=False)
+    in_recall = Q(rule_id__in=ids_of["recall"])
+    queries: list[QuerySet[Any, dict[str, Any]]] = [
+        messages.annotate(**group).values(*names).annotate(**step_counts()).order_by()
+    ]
+    if ids_of["appointment"] or ids_of["recall"]:
+        queries.append(
+            messages.filter(sent)
+            .filter(in_appointment | in_recall)
+            .annotate(**group)
+            .values(*names)
+            .annotate(
+                # Confirmed by the patient's own answer (a reply or the LINE button) after the
+                # message went out; a phone call or the desk is the staff's work.
+                confirmed=Count(
+                    "id",
+                    filter=Q(
+                        appointment__confirmed_via__in=[
+                            Appointment.ConfirmedVia.REPLY,
+                            Appointment.ConfirmedVia.LINE,
+                        ],
+                        appointment__confirmed_at__gte=F("sent_at"),
+                    ),
+                ),
+                appointments=Count("id", filter=Q(appointment__status__in=FINAL_APPOINTMENT)),
+                attended=Count("id", filter=Q(appointment__status=Appointment.Status.ATTENDED)),
+                no_show=Count("id", filter=Q(appointment__status=Appointment.Status.NO_SHOW)),
+                recalled=Count("id", filter=in_recall),
+            )
+            .order_by()
+        )
+    if ids_of["recall"]:
+        # Its own query with the EXISTS in WHERE, where PostgreSQL joins the appointments
+        # once (a semi-join) instead of probing them for every recall inside the aggregate.
+        queries.append(
+            messages.filter(sent, in_recall)
+            .filter(_booked_after("sent_at", recall_days()))
+            .annotate(**group)
+            .values(*names)
+            .annotate(booked=Count("id"))
+            .order_by()
+        )
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for query in queries:
+        for row in query:  # per rule, channel and week or day: thousands at most
+            key = tuple(row[name] for name in names)
+            into = merged.setdefault(
+                key, dict.fromkeys(SUMMED, 0) | dict(zip(names, key, strict=True))
+            )
+            into.update(row)
+    return list(merged.values())
+
+
+def _live_steps(f: Filters, rules: list[Rule]) -> list[dict[str, Any]]:
+    counted = counted_messages(messages_in(f), rules, {"week": TruncWeek("due_at")})
     return [{**row, "week": _week(row["week"])} for row in counted]
 
 
@@ -238,17 +308,18 @@ def _spans(days: list[date]) -> list[tuple[date, date]]:
     return spans
 
 
-def message_steps(f: Filters) -> list[dict[str, Any]]:
-    """The outbox rows the filters select, counted per rule, channel and week by status: the
-    funnel's steps (summed per rule) and the delivery trend (per channel and week). A few
-    hundred rows.
+def message_steps(f: Filters, rules: list[Rule] | None = None) -> list[dict[str, Any]]:
+    """The outbox rows the filters select, counted per rule, channel and week (counted_messages):
+    the funnel's steps and outcomes (summed per rule) and the delivery trend (per channel and
+    week). A few hundred rows.
 
     Days the worker has summarised (dashboard.MessageDay, SummarisedDay) come from the summary;
     the rest (today, days ahead, any day not yet summarised) from the outbox itself, one query
     per run of such days. With a department or doctor chosen everything is counted live: the
     summary has no patients."""
+    rules = rules_all() if rules is None else rules
     if f.department or f.doctor:
-        return _live_steps(f)
+        return _live_steps(f, rules)
     last_summarised = min(f.end, timezone.localdate() - timedelta(days=1))
     summarised = set(
         SummarisedDay.objects.filter(day__gte=f.start, day__lte=last_summarised).values_list(
@@ -258,7 +329,7 @@ def message_steps(f: Filters) -> list[dict[str, Any]]:
     every_day = [f.start + timedelta(days=n) for n in range(f.days)]
     rows = []
     for first, last in _spans([day for day in every_day if day not in summarised]):
-        rows += _live_steps(replace(f, start=first, end=last))
+        rows += _live_steps(replace(f, start=first, end=last), rules)
     if summarised:
         days = MessageDay.objects.filter(day__gte=f.start, day__lte=last_summarised)
         if f.rule_id:
@@ -297,59 +368,16 @@ def funnel(
     f: Filters, rules: list[Rule], *, steps: list[dict[str, Any]] | None = None
 ) -> list[FunnelRow]:
     """Per rule: due → queued → skipped by reason → sent → delivered → failed/dropped/unknown →
-    replied → confirmed, and the outcomes of what was sent. Five queries: the steps (no join;
-    the covering index message_dashboard; `steps` when the caller has them already from
-    message_steps), the appointment and recall outcomes, the recalls
-    that booked, the refill outcomes (the only DISTINCT count: a window gets a message per
-    offset), the skips.
-
-    An appointment rule sends at most one message per appointment (its occurrence key names
-    the appointment, campaigns/kinds.py), so counting its messages counts appointments; a recall
-    is counted per message (one per patient and last visit)."""
-    ids_of = {
-        "appointment": [r.pk for r in rules if r.kind in APPOINTMENT_KINDS],
-        "refill": [r.pk for r in rules if r.kind in REFILL_KINDS],
-        "recall": [r.pk for r in rules if r.kind in RECALL_KINDS],
-    }
-    messages = messages_in(f)
-    sent = Q(sent_at__isnull=False)
+    replied → confirmed, and the outcomes of what was sent: the steps and the appointment and
+    recall outcomes from message_steps (`steps` when the caller has them already), then the
+    refill outcomes (the only DISTINCT count: a window gets a message per offset, so it is
+    never summarised per day) and the skips."""
+    ids_of = kind_ids(rules)
     if steps is None:
-        steps = message_steps(f)
-    in_appointment = Q(rule_id__in=ids_of["appointment"], appointment__isnull=False)
-    in_recall = Q(rule_id__in=ids_of["recall"])
-    outcomes = (
-        messages.filter(sent)
-        .filter(in_appointment | in_recall)
-        .values("rule_id")
-        .annotate(
-            # Confirmed by the patient's own answer (a reply or the LINE button) after the
-            # message went out; a phone call or the desk is the staff's work, not the message's.
-            confirmed=Count(
-                "id",
-                filter=Q(
-                    appointment__confirmed_via__in=[
-                        Appointment.ConfirmedVia.REPLY,
-                        Appointment.ConfirmedVia.LINE,
-                    ],
-                    appointment__confirmed_at__gte=F("sent_at"),
-                ),
-            ),
-            appointments=Count("id", filter=Q(appointment__status__in=FINAL_APPOINTMENT)),
-            attended=Count("id", filter=Q(appointment__status=Appointment.Status.ATTENDED)),
-            no_show=Count("id", filter=Q(appointment__status=Appointment.Status.NO_SHOW)),
-            recalled=Count("id", filter=in_recall),
-        )
-    )
-    # Its own query with the EXISTS in WHERE, where PostgreSQL joins the appointments once
-    # (a semi-join) instead of probing them for every recall inside the aggregate.
-    booked = (
-        messages.filter(sent, in_recall)
-        .filter(_booked_after("sent_at", recall_days()))
-        .values("rule_id")
-        .annotate(booked=Count("id"))
-    )
+        steps = message_steps(f, rules)
     refills = (
-        messages.filter(sent, rule_id__in=ids_of["refill"], refill_window__isnull=False)
+        messages_in(f)
+        .filter(sent_at__isnull=False, rule_id__in=ids_of["refill"], refill_window__isnull=False)
         .values("rule_id")
         .annotate(
             refills=Count("refill_window_id", distinct=True),
@@ -363,19 +391,11 @@ def funnel(
     rows = {r.pk: FunnelRow(rule=r) for r in rules}
     for counted in steps:  # per rule, channel and week: a few hundred rows at most
         row = rows[counted["rule_id"]]
-        for name in STEPS:
+        for name in (*STEPS, *OUTCOMES):
             setattr(row, name, getattr(row, name) + counted[name])
-    wanted_outcomes = ids_of["appointment"] + ids_of["recall"]
-    for query in (
-        outcomes if wanted_outcomes else [],
-        booked if ids_of["recall"] else [],
-        refills if ids_of["refill"] else [],
-    ):
-        for counts in query:
-            row = rows[counts["rule_id"]]
-            for name, value in counts.items():
-                if name != "rule_id":
-                    setattr(row, name, value)
+    for counts in refills if ids_of["refill"] else []:
+        row = rows[counts["rule_id"]]
+        row.refills, row.picked_up = counts["refills"], counts["picked_up"]
     skip_counts = skips_in(f, rules).values_list("rule_id", "reason").annotate(n=Count("id"))
     for rule_id, reason, n in skip_counts:
         rows[rule_id].skipped[reason] = n

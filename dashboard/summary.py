@@ -10,7 +10,6 @@ from datetime import date, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -21,15 +20,11 @@ from reminders.models import OutboxMessage
 
 def recent_days() -> int:
     """How many days before today each scheduled refresh re-counts: late delivery receipts,
-    replies and retries land within this; older changes wait for a full refresh."""
-    return int(getattr(settings, "DASHBOARD_SUMMARY_DAYS", 14))
+    replies, appointment outcomes and a recall's booking (within DASHBOARD_RECALL_DAYS of
+    sending) land within this; anything later waits for the nightly full re-count."""
+    from dashboard.selectors import recall_days
 
-
-def step_counts() -> dict[str, Count]:
-    # Imported here: the selectors import this module's models, not the other way round.
-    from dashboard.selectors import step_counts as counts
-
-    return counts()
+    return int(getattr(settings, "DASHBOARD_SUMMARY_DAYS", recall_days() + 5))
 
 
 def refresh(first: date, last: date) -> int:
@@ -40,17 +35,16 @@ def refresh(first: date, last: date) -> int:
     if last < first:
         return 0
     start_at, end_at = day_bounds(first)[0], day_bounds(last)[1]
-    counted = (
-        OutboxMessage.objects.filter(due_at__gte=start_at, due_at__lt=end_at)
-        .annotate(day=TruncDate("due_at", tzinfo=timezone.get_current_timezone()))
-        .values("day", "rule_id", "channel")
-        .annotate(**step_counts())
-        .order_by()
-    )
+    from dashboard.selectors import counted_messages, rules_all  # they read this summary
+
     now = timezone.now()
-    rows = [
-        MessageDay(week=row["day"] - timedelta(days=row["day"].weekday()), **row)
-        for row in counted.iterator(chunk_size=2000)  # days × rules × channels: thousands
+    counted = counted_messages(
+        OutboxMessage.objects.filter(due_at__gte=start_at, due_at__lt=end_at),
+        rules_all(),
+        {"day": TruncDate("due_at", tzinfo=timezone.get_current_timezone())},
+    )
+    rows = [  # days × rules × channels: a few thousand at most
+        MessageDay(week=row["day"] - timedelta(days=row["day"].weekday()), **row) for row in counted
     ]
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     with transaction.atomic():

@@ -198,7 +198,7 @@ def index(request: HttpRequest) -> HttpResponse:
 
 def _page(f: Filters) -> dict[str, Any]:
     rules = selectors.rules_all()
-    steps = selectors.message_steps(f)  # one scan of the outbox for both
+    steps = selectors.message_steps(f, rules)  # the summary, or one count of the outbox
     funnel = selectors.funnel(f, rules, steps=steps)
     trends = selectors.trends(f, steps=steps)
     costs = selectors.costs(f, rules)
