@@ -226,6 +226,14 @@ def policy_annotations(*, rule: Rule, patient_ref: str, at: datetime) -> dict[st
     return annotations
 
 
+def limits_audience(rule: Rule) -> bool:
+    """Whether `rule` has an audience of its own beyond its conditions (sexes, ages,
+    departments): without one, outside_audience only looks at a row's `in_conditions`."""
+    return (
+        bool(rule.sexes or rule.departments) or rule.min_age is not None or rule.max_age is not None
+    )
+
+
 def outside_audience(rule: Rule, row: Row, today: date) -> bool:
     if rule.sexes and row["patient_sex"] not in rule.sexes:
         return True
@@ -249,10 +257,12 @@ def outside_audience(rule: Rule, row: Row, today: date) -> bool:
 def plan_decision(*, rule: Rule, due: Due, now: datetime, profile: ClinicProfile) -> Planned:
     """Set-based face: queue `due` on a channel at a time, or the reason it is skipped."""
     row = due.row
-    today = timezone.localdate(now)
     if row["erased"]:
         return Planned(skip=SkipReason.ERASED)
-    if outside_audience(rule, row, today):
+    # A rule without audience limits needs no clinic-local day: not worked out for each row.
+    if (limits_audience(rule) or "in_conditions" in row) and outside_audience(
+        rule, row, timezone.localdate(now)
+    ):
         return Planned(skip=SkipReason.OUTSIDE_AUDIENCE)
     if already_confirmed(rule, row.get("appointment_status")):
         return Planned(skip=SkipReason.ALREADY_CONFIRMED)
