@@ -23,6 +23,7 @@ SCHEDULES = [
     # The dashboard reads its message counts of days before today from this summary
     # (dashboard.summary): re-count the last two weeks, where receipts and replies still land.
     ("count the dashboard's recent messages", "dashboard.tasks.summary_refresh_task", 5),
+    ("re-count all the dashboard's messages", "dashboard.tasks.summary_rebuild_task", 24 * 60),
 ]
 # The managers' weekly summary e-mail (it sends only when DASHBOARD_WEEKLY_EMAIL is on, and
 # once a week however often it runs): Mondays at this hour in the clinic's zone.
