@@ -12,6 +12,13 @@ Which rows a filter selects, once for every section:
 - department and doctor: the patient has a visit or an appointment with that department or
   doctor (one definition for messages, skips and consent alike, since a skip and a birthday
   greeting name no department).
+
+The outbox's counts (the funnel's steps, the appointment and recall outcomes, the delivery
+trend) come from dashboard.MessageDay for the days the worker has summarised (every 5 minutes
+for the last recall_days() + 5 days, nightly for all; dashboard.summary), and live from the
+outbox for today, days ahead and any day not summarised; the page says when the summarised
+days were counted. With a department or doctor chosen they are all counted live: the summary
+has no patients, and the definition above is kept as it is.
 """
 
 from __future__ import annotations

@@ -15,3 +15,11 @@ def summary_refresh_task() -> int:
     from dashboard.summary import refresh_recent
 
     return refresh_recent()
+
+
+def summary_rebuild_task() -> int:
+    """Re-count the whole outbox summary (nightly): changes older than the recent days'
+    refresh reaches, such as an appointment's outcome recorded weeks late."""
+    from dashboard.summary import refresh_since
+
+    return refresh_since()

@@ -115,6 +115,8 @@ def test_setup_schedules_refreshes_the_summary_every_few_minutes():
     call_command("setup_schedules", stdout=open("/dev/null", "w"))  # noqa: SIM115
     schedule = Schedule.objects.get(func="dashboard.tasks.summary_refresh_task")
     assert (schedule.schedule_type, schedule.minutes) == (Schedule.MINUTES, 5)
+    nightly = Schedule.objects.get(func="dashboard.tasks.summary_rebuild_task")
+    assert nightly.minutes == 24 * 60
 
 
 def test_scheduled_task_counts_the_recent_days(small_clinic):
