@@ -24,6 +24,7 @@ from tests.factories import (
     PrescriptionFactory,
     VisitFactory,
     grant,
+    withdraw,
 )
 from tests.helpers import plan, taipei
 
@@ -168,3 +169,26 @@ def test_a_disabled_rules_queued_messages_are_not_counted(week):
     rows = week_ahead(now=NOW)
 
     assert totals(rows) == {("生日祝福", day(5)): 1, ("慢箋可領藥", day(8)): 1}
+
+
+def test_withdrawn_or_unconfigured_channels_count_nothing_as_the_planner_skips_them(week, settings):
+    # The forecast leaves out the withdrawal annotations (they only name a skip's reason).
+    kept = PatientFactory(birth_date=dt.date(1975, 12, 4))
+    grant(kept, Purpose.RELATIONSHIP, Channel.SMS)
+    withdrawn = PatientFactory(birth_date=dt.date(1976, 12, 4))
+    grant(withdrawn, Purpose.RELATIONSHIP, Channel.SMS)
+    withdraw(withdrawn, Purpose.RELATIONSHIP, Channel.SMS)
+    birthday = week["生日祝福"].pk
+
+    assert totals(week_ahead(now=NOW, rule_ids=[birthday])) == {
+        ("生日祝福", day(4)): 1,
+        ("生日祝福", day(5)): 1,
+    }
+
+    # SMS switched off here: the consented patients' only channel is not configured.
+    settings.REMINDER_CHANNELS = {
+        name: path for name, path in settings.REMINDER_CHANNELS.items() if name != "sms"
+    }
+    assert week_ahead(now=NOW, rule_ids=[birthday]) == []
+    plan(taipei(2026, 12, 4, 0, 0))
+    assert not OutboxMessage.objects.filter(rule_id=birthday).exists()
