@@ -1,6 +1,6 @@
 """Tracked links in message templates: `{% link "https://clinic.example/x" %}`.
 
-Each message gets its own random token per link and the patient gets `<SITE_URL>/r/<token>/`:
+Each message gets its own random token per link and the patient gets `<PUBLIC_BASE_URL>/r/<token>/`:
 a click is counted for the message (and so its rule) and sent on to the link, and the URL says
 nothing about the patient. A message's fallback texts (campaigns.planner) render with the same
 tokens: it is one message whichever channel delivers it, only one of its texts is ever sent,
@@ -40,19 +40,21 @@ def uses_links(*sources: str) -> bool:
 
 
 def site_url() -> str:
-    """The base of tracked links, checked. Raises ImproperlyConfigured when SITE_URL is unset,
-    not an absolute http(s) URL, or (DEBUG off) not https or a local address: a patient must
-    never get a link that leads nowhere."""
-    base: str = settings.SITE_URL
+    """The base of tracked links, checked. Raises ImproperlyConfigured when PUBLIC_BASE_URL is
+    unset, not an absolute http(s) URL, or (DEBUG off) not https or a local address: a patient
+    must never get a link that leads nowhere."""
+    base: str = settings.PUBLIC_BASE_URL
     if not base:
         raise ImproperlyConfigured(
-            "SITE_URL is not set: a message template uses {% link %}, and its links would lead "
-            "nowhere. Set SITE_URL to the clinic's public address (https://…)."
+            "PUBLIC_BASE_URL is not set: a message template uses {% link %}, and its links would "
+            "lead nowhere. Set PUBLIC_BASE_URL to the clinic's public address (https://…)."
         )
     if not re.match(r"^https?://[^/\s]+", base):
-        raise ImproperlyConfigured(f"SITE_URL must be an absolute http(s) address, not {base!r}.")
+        raise ImproperlyConfigured(
+            f"PUBLIC_BASE_URL must be an absolute http(s) address, not {base!r}."
+        )
     if not settings.DEBUG and (not base.startswith("https://") or LOCAL_HOSTS.match(base)):
-        raise ImproperlyConfigured("SITE_URL must be a public https address in production.")
+        raise ImproperlyConfigured("PUBLIC_BASE_URL must be a public https address in production.")
     return base
 
 
@@ -76,7 +78,7 @@ class LinkTokens:
 
 def stand_in_url() -> str:
     """A link as long as a real one, for previews."""
-    return link_url(settings.SITE_URL or "https://example.invalid", "x" * TOKEN_CHARS)
+    return link_url(settings.PUBLIC_BASE_URL or "https://example.invalid", "x" * TOKEN_CHARS)
 
 
 class LinkNode(Node):
@@ -108,8 +110,8 @@ def literal(bit: str) -> bool:
 def check_site_url(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
-    """A SITE_URL that is set must be one a patient can open: refuse to start otherwise."""
-    if not settings.SITE_URL:
+    """A PUBLIC_BASE_URL that is set must be one a patient can open: refuse to start otherwise."""
+    if not settings.PUBLIC_BASE_URL:
         return []
     try:
         site_url()
@@ -122,9 +124,15 @@ def check_site_url(
 def check_links_have_a_site(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
-    """`check --deploy`: templates with links while SITE_URL is unset plan nothing."""
-    if settings.SITE_URL:
+    """`check --deploy`: without PUBLIC_BASE_URL no delivery report reaches us, and templates
+    with links plan nothing."""
+    if settings.PUBLIC_BASE_URL:
         return []
+    missing = checks.Error(
+        "PUBLIC_BASE_URL is not set: Twilio's delivery reports can't reach the app and tracked "
+        "links can't be made. Set it to the clinic's public https address.",
+        id="campaigns.E003",
+    )
     from campaigns.models import MessageTemplate  # models import this module (via templating)
 
     try:
@@ -132,13 +140,14 @@ def check_links_have_a_site(
         using = MessageTemplate.objects.filter(rule__enabled=True, body__contains="link")
         names = sorted({t.rule.name for t in using.select_related("rule") if uses_links(t.body)})
     except DatabaseError:  # not migrated yet
-        return []
+        return [missing]
     if not names:
-        return []
+        return [missing]
     return [
+        missing,
         checks.Error(
-            "SITE_URL is not set, and these rules' templates use {% link %}: they will not be "
-            f"planned until it is: {', '.join(names)}.",
+            "PUBLIC_BASE_URL is not set, and these rules' templates use {% link %}: they will "
+            f"not be planned until it is: {', '.join(names)}.",
             id="campaigns.E002",
-        )
+        ),
     ]

@@ -232,8 +232,8 @@ def _render_all(
 ) -> list[OutboxMessage]:
     """Outbox rows for the due patients, with the texts of the chosen and later channels.
 
-    With `link_base` (the checked SITE_URL), each message's tracked links get their tokens and
-    are appended to `links`; without it they render as stand-ins of the same length."""
+    With `link_base` (the checked PUBLIC_BASE_URL), each message's tracked links get their tokens
+    and are appended to `links`; without it they render as stand-ins of the same length."""
     patients = Patient.objects.in_bulk({item.due.row["pid"] for item in to_queue})
     related = _load_related(to_queue)
     messages = []

@@ -170,7 +170,7 @@ def _block_variables(token: Token) -> Iterator[Variable]:
 
 
 def _check_link(bits: list[str]) -> None:
-    """A link is one literal http(s) URL of at most LINK_MAX_CHARS, and needs SITE_URL."""
+    """A link is one literal http(s) URL of at most LINK_MAX_CHARS, and needs PUBLIC_BASE_URL."""
     if len(bits) != 2 or not literal(bits[1]):
         raise TemplateProblem(
             _('A link is written {% link "https://…" %}: one address in quotes, no fields.')
@@ -192,7 +192,7 @@ def _check_link(bits: list[str]) -> None:
     except ImproperlyConfigured:
         # Saved now, every message of the rule would fail to plan (or lead nowhere).
         raise TemplateProblem(
-            _("Links can't be used until the server's SITE_URL setting is set.")
+            _("Links can't be used until the server's PUBLIC_BASE_URL setting is set.")
         ) from None
 
 

@@ -146,7 +146,10 @@ if REDIS_URL:
 # off: the planner and the gate skip it ("channel not configured") and `check --deploy` warns.
 # The console channel, which only logs, stands in for a channel only where CONSOLE_CHANNELS
 # names it; development (DEBUG on) names every channel that has no credentials.
-PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+# The clinic's public address: Twilio's delivery reports and the tracked links patients open
+# in messages (<PUBLIC_BASE_URL>/r/<token>/) lead here. In production it must be set, https and
+# not a local address (campaigns/links.py checks; `check --deploy` says when it is missing).
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000" if DEBUG else "").rstrip("/")
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
 TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
 TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
@@ -195,10 +198,6 @@ SMS_PRICE_DEFAULT = Decimal(env_str("SMS_PRICE_DEFAULT", "3"))
 LINE_MONTHLY_ALLOWANCE = int(env_str("LINE_MONTHLY_ALLOWANCE", "200"))
 LINE_PRICE_PER_MESSAGE = Decimal(env_str("LINE_PRICE_PER_MESSAGE", "0.2"))
 EMAIL_PRICE = Decimal(env_str("EMAIL_PRICE", "0"))
-# Where patients open a message's tracked links: https://<SITE_URL>/r/<token>/ (reminders/urls.py).
-# No default: a template with a link is refused, and planning it fails, until this is set, so a
-# patient never gets a localhost or relative link. In production it must be https.
-SITE_URL = env_str("SITE_URL").rstrip("/")
 # Monday 08:00 (the clinic's zone) the worker e-mails each clinic manager last week's figures
 # and the week ahead (dashboard/weekly.py), through EMAIL_* above. Off unless set.
 DASHBOARD_WEEKLY_EMAIL = env_bool("DASHBOARD_WEEKLY_EMAIL", False)

@@ -118,9 +118,8 @@ def recipients() -> list[str]:
 
 
 def dashboard_url() -> str:
-    """The dashboard's address for staff: SITE_URL (the clinic's public address), else
-    PUBLIC_BASE_URL (where this server answers)."""
-    base = settings.SITE_URL or settings.PUBLIC_BASE_URL
+    """The dashboard's address for staff, at the clinic's public address."""
+    base = settings.PUBLIC_BASE_URL
     return f"{base.rstrip('/')}{reverse('dashboard:index')}?range=week"
 
 

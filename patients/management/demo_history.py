@@ -98,8 +98,9 @@ NO_SHOW_CONFIRMED = 0.03
 NO_SHOW_ASKED = 0.13
 NO_SHOW_NOTICED = 0.195
 NO_SHOW_UNREMINDED = 0.22
-# With SITE_URL set, the birthday greeting links to the clinic's health talks (a made-up page
-# on a reserved domain), and some patients open it.
+# With PUBLIC_BASE_URL set (development's default is the local server), the birthday greeting
+# links to the clinic's health talks (a made-up page on a reserved domain), and some patients
+# open it.
 LINK_KIND = RuleKind.BIRTHDAY
 LINK_URL = "https://anxin-clinic.example/health-talks"
 LINK_LINES = {
@@ -143,7 +144,7 @@ def rule_history_setup(*, now: datetime) -> None:
 
 
 def link_base() -> str:
-    """SITE_URL, where tracked links lead, or "" when it is not set: then no template gets a
+    """PUBLIC_BASE_URL, where tracked links lead, or "" when it is not set: then no template gets a
     link, since the planner refuses to plan one without it."""
     try:
         return site_url()

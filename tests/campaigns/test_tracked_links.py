@@ -1,4 +1,4 @@
-"""Tracked links: `{% link "https://…" %}` in a template becomes <SITE_URL>/r/<token>/, one
+"""Tracked links: `{% link "https://…" %}` in a template becomes <PUBLIC_BASE_URL>/r/<token>/, one
 token per message, counted when opened and sent on to the stored address only."""
 
 import datetime as dt
@@ -36,7 +36,7 @@ LINK_RE = re.compile(r"https://crm\.clinic\.example/r/([A-Za-z0-9_-]+)/")
 
 @pytest.fixture(autouse=True)
 def site(settings):
-    settings.SITE_URL = SITE
+    settings.PUBLIC_BASE_URL = SITE
 
 
 # --- the checker ------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def test_the_checker_refuses_anything_but_a_few_literal_web_addresses(body, word
 
 
 def test_the_checker_refuses_links_until_site_url_is_set(settings):
-    settings.SITE_URL = ""
+    settings.PUBLIC_BASE_URL = ""
 
     with pytest.raises(TemplateProblem):
         check_template('{% link "https://clinic.example/x" %}', kind="birthday")
@@ -161,9 +161,9 @@ def test_planning_again_adds_no_links(clinic):
 def test_planning_a_rule_with_links_without_site_url_fails_loud(clinic, settings, caplog):
     rule = _birthday_with_link()
     grant(PatientFactory(birth_date=dt.date(1960, 11, 24)), Purpose.RELATIONSHIP, Channel.SMS)
-    settings.SITE_URL = ""
+    settings.PUBLIC_BASE_URL = ""
 
-    with pytest.raises(ImproperlyConfigured, match="SITE_URL"):
+    with pytest.raises(ImproperlyConfigured, match="PUBLIC_BASE_URL"):
         plan_rule(rule, now=BIRTHDAY, profile=ClinicProfile.load())
     with caplog.at_level(logging.ERROR):
         plan(BIRTHDAY)
@@ -175,7 +175,7 @@ def test_planning_a_rule_with_links_without_site_url_fails_loud(clinic, settings
 @pytest.mark.parametrize("base", ["http://crm.clinic.example", "https://localhost:8000"])
 def test_production_refuses_a_plain_http_or_local_site_url(clinic, settings, base):
     rule = _birthday_with_link()
-    settings.SITE_URL = base
+    settings.PUBLIC_BASE_URL = base
     settings.DEBUG = False
 
     with pytest.raises(ImproperlyConfigured):
@@ -259,9 +259,9 @@ def test_the_server_refuses_to_start_with_a_site_url_patients_cannot_open(settin
     from campaigns.links import check_site_url
 
     assert check_site_url() == []
-    settings.SITE_URL = "crm.clinic.example"  # no scheme: a relative link
+    settings.PUBLIC_BASE_URL = "crm.clinic.example"  # no scheme: a relative link
     assert [error.id for error in check_site_url()] == ["campaigns.E001"]
-    settings.SITE_URL = "http://127.0.0.1:8000"
+    settings.PUBLIC_BASE_URL = "http://127.0.0.1:8000"
     settings.DEBUG = False
     assert [error.id for error in check_site_url()] == ["campaigns.E001"]
 
@@ -270,10 +270,19 @@ def test_the_deploy_check_names_rules_whose_links_have_no_site(settings):
     from campaigns.links import check_links_have_a_site
 
     _birthday_with_link()
-    assert check_links_have_a_site() == []  # SITE_URL set
-    settings.SITE_URL = ""
+    assert check_links_have_a_site() == []  # PUBLIC_BASE_URL set
+    settings.PUBLIC_BASE_URL = ""
 
     errors = check_links_have_a_site()
 
-    assert [error.id for error in errors] == ["campaigns.E002"]
-    assert "生日祝福" in errors[0].msg
+    assert [error.id for error in errors] == ["campaigns.E003", "campaigns.E002"]
+    assert "delivery reports" in errors[0].msg
+    assert "生日祝福" in errors[1].msg
+
+
+def test_the_deploy_check_wants_the_public_address_even_without_links(settings):
+    from campaigns.links import check_links_have_a_site
+
+    settings.PUBLIC_BASE_URL = ""
+
+    assert [error.id for error in check_links_have_a_site()] == ["campaigns.E003"]

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.django_db
 def weekly(settings, small_clinic):
     settings.DASHBOARD_WEEKLY_EMAIL = True
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    settings.SITE_URL = "https://clinic.example.tw"
+    settings.PUBLIC_BASE_URL = "https://clinic.example.tw"
     settings.SMS_PRICE_PER_SEGMENT = {"TW": Decimal("1.5")}
     settings.SMS_PRICE_DEFAULT = Decimal(3)
     settings.LINE_MONTHLY_ALLOWANCE = 200

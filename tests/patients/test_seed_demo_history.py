@@ -54,12 +54,13 @@ def seeded(django_db_setup, django_db_blocker):
         from django.conf import settings
 
         debug, settings.DEBUG = settings.DEBUG, True  # demo data is for development machines
-        site, settings.SITE_URL = settings.SITE_URL, "http://127.0.0.1:8000"  # links lead here
+        # links lead here
+        site, settings.PUBLIC_BASE_URL = settings.PUBLIC_BASE_URL, "http://127.0.0.1:8000"
         try:
             closed_on_sundays_and_new_year()
             yield seed(PATIENTS)
         finally:
-            settings.DEBUG, settings.SITE_URL = debug, site
+            settings.DEBUG, settings.PUBLIC_BASE_URL = debug, site
             transaction.set_rollback(True)
 
 

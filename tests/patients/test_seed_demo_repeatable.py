@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _development(settings):
     settings.DEBUG = True  # demo data is for development machines
-    settings.SITE_URL = "http://127.0.0.1:8000"  # the birthday greeting gets its link
+    settings.PUBLIC_BASE_URL = "http://127.0.0.1:8000"  # the birthday greeting gets its link
 
 
 def restart_ids() -> None:
