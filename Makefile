@@ -23,6 +23,8 @@ messages: $(DEPS)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 RUN_ADDR = $(if $(findstring :,$(HOST)),[$(HOST)],$(HOST))
+# Tracked links in the demo's messages lead to this server.
+run: export PUBLIC_BASE_URL ?= http://$(RUN_ADDR):$(PORT)
 run: $(DEPS) messages
 	$(MANAGE) migrate --verbosity 0
 	$(MANAGE) seed_demo --patients 500 --if-empty
