@@ -17,6 +17,8 @@ from typing import Any
 
 from django.db import connection, models
 
+from clinic_crm.fields import EncryptedTextField, Sealed
+
 BATCH = 2000
 
 
@@ -74,6 +76,12 @@ def _converter(field: models.Field) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         return field.get_db_prep_save(value, connection=connection)
 
+    if isinstance(field, EncryptedTextField):
+        # Its get_db_prep_value: the sealed token, an empty value as it is, plaintext refused.
+        def unseal_token(value: Any) -> Any:
+            return value.token if isinstance(value, Sealed) else convert(value)
+
+        return unseal_token
     if any(
         not getattr(type(field), name).__module__.startswith("django.") for name in _CONVERSIONS
     ):

@@ -608,6 +608,8 @@ class PatientHandler(Handler):
     def _by_phone_birth(
         self, row: Parsed, candidates: list[Patient], nid: str | None
     ) -> Patient | None:
+        if not candidates:  # the usual new patient: no name digest to compute
+            return None
         # Twins share a phone and a birth date: the name must agree too, and a different
         # national ID on record means a different person.
         name = _digest("name", row.values.get("name"))
