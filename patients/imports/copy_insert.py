@@ -36,7 +36,9 @@ def insert_new(model: type[models.Model], objs: Sequence[models.Model]) -> None:
     names = ", ".join(
         connection.ops.quote_name(str(c)) for c in [pk_column, *(f.column for f in fields)]
     )
-    with connection.cursor() as cursor:
+    # psycopg's own errors (a unique value a concurrent writer took) become Django's, which
+    # the importer catches to find and refuse the row.
+    with connection.wrap_database_errors, connection.cursor() as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
             [meta.db_table, pk_column, len(objs)],

@@ -1,7 +1,7 @@
 import datetime as dt
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 
 from patients.imports.copy_insert import insert_new
 from patients.models import Patient, Visit
@@ -65,3 +65,14 @@ def test_new_records_point_at_their_patient_and_get_ids_after_existing_rows():
     assert (stored.patient, stored.note) == (patient, "第一行\n第二行")
     # The sequence moved past the COPY's ids: an ordinary insert after it doesn't clash.
     assert Visit.objects.create(patient=patient, department="內科", doctor="林醫師").pk > stored.pk
+
+
+def test_a_clash_raises_djangos_error_so_the_importer_can_refuse_the_row():
+    patient = PatientFactory()
+    Visit.objects.create(patient=patient, department="內科", doctor="林醫師", external_id="V1")
+    clash = Visit(patient_id=patient.pk, department="內科", doctor="林醫師", external_id="V1")
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert_new(Visit, [clash])
+
+    assert Visit.objects.count() == 1
