@@ -118,6 +118,14 @@ class OutboxMessage(models.Model):
             # Retention (reminders/retention.py) finds the texts still kept, however many
             # final rows have had theirs erased.
             models.Index(fields=["due_at"], condition=~models.Q(body=""), name="message_text_kept"),
+            # The dashboard's refill outcomes (a DISTINCT count of windows, never summarised):
+            # only the messages about a refill window, not the whole date range.
+            models.Index(
+                fields=["due_at"],
+                include=["rule", "channel", "sent_at", "refill_window", "patient"],
+                condition=models.Q(refill_window__isnull=False),
+                name="message_refill_window",
+            ),
             # The dashboard's cost of this month: what was handed over, by when.
             models.Index(
                 fields=["sent_at"],
