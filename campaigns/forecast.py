@@ -5,7 +5,7 @@ Two parts, added without counting one message twice:
 
 - what is already in the outbox waiting to go (queued), on the day it is set to go out;
 - what the planner has not queued yet: each rule's own due set (the kind's selection with the
-  annotations campaigns.planner.due_set gives it, see `_annotated`) as the planner will
+  planner's own campaigns.planner.due_annotations, see `_annotated`) as the planner will
   select it when each coming day begins (today: at `now`), decided by the
   send policy's own set-based face (campaigns.policy.plan_decision), counted on the clinic-local
   day of the send time it chooses (closed days and the send window moved it there). An
