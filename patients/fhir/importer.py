@@ -521,7 +521,14 @@ class _Reader:
             dose = str(dosage.text or "").strip()
             frequency = self._frequency(where, dosage)
             repeat = dosage.timing.repeat if dosage.timing else None
-            dose_times = [t.strftime("%H:%M") for t in (repeat.timeOfDay if repeat else None) or []]
+            times = (repeat.timeOfDay if repeat else None) or []
+            if any(t is None for t in times):  # JSON null in the list: fhir.resources lets it by
+                self.problem(
+                    f"{where}.dosageInstruction[0].timing.repeat.timeOfDay",
+                    "用藥時間不可空白",
+                    "a time of day is empty",
+                )
+            dose_times = [t.strftime("%H:%M") for t in times if t is not None]
         dispense = resource.dispenseRequest
         supply = dispense.expectedSupplyDuration if dispense else None
         days = None

@@ -461,6 +461,15 @@ INVALID = {
         _set(["entry", 0, "resource", "gender"], "f"),
         "entry 1 Patient.gender：需為 male、female、other 或 unknown",
     ),
+    "empty time of day": (
+        lambda d: next(
+            e
+            for e in d["entry"]
+            if e["resource"]["resourceType"] == "MedicationRequest"
+            and "timeOfDay" in json.dumps(e["resource"])
+        )["resource"]["dosageInstruction"][0]["timing"]["repeat"]["timeOfDay"].__setitem__(0, None),
+        "timing.repeat.timeOfDay：用藥時間不可空白",
+    ),
     "NUL character": (
         _set(["entry", 0, "resource", "name", 0, "text"], "林\x00淑芬"),
         "Bundle：檔案含有 NUL 字元",
