@@ -58,6 +58,7 @@ from consent.models import Action, Channel, ConsentEntry, ConsentState, Purpose
 from dashboard.filters import Filters
 from dashboard.models import MessageDay, SummarisedDay
 from dashboard.stats import Effect, relative_risk
+from patients.imports.feed import failed_import_runs
 from patients.models import Appointment, RefillWindow, Visit
 from reminders.models import OutboxMessage, StaffTask, Status
 
@@ -780,6 +781,7 @@ class Attention:
     no_channel: int  # open "appointment soon, no way to remind" tasks (made hourly)
     rules_missing_template: list[tuple[Rule, list[str]]]
     rules_near_cap: list[tuple[Rule, int]]  # rule, its longest SMS template's segments
+    failed_imports: int = 0  # daily-feed files refused or failed in the period: nothing applied
 
 
 def attention(
@@ -823,6 +825,9 @@ def attention(
         if rule.enabled and any(c not in has[rule.pk] for c in rule.channel_order)
     ]
     near = [(rule, longest[rule.pk]) for rule in rules if longest[rule.pk] >= max(cap - 1, 1)]
+    failed_imports = (
+        failed_import_runs(since=f.start_at).filter(queued_at__lt=f.end_at).order_by().count()
+    )
     return Attention(
         failed=messages["failed"],
         unknown=messages["unknown"],
@@ -831,6 +836,7 @@ def attention(
         no_channel=tasks["no_channel"],
         rules_missing_template=missing,
         rules_near_cap=near,
+        failed_imports=failed_imports,
     )
 
 

@@ -146,6 +146,17 @@ def attention_links(f: Filters, found: selectors.Attention) -> list[Link]:
             found.no_channel,
             _admin_list(tasks, state="open", kind__exact="call_no_channel"),
         ),
+        Link(
+            _("Daily import files refused or failed in the period"),
+            found.failed_imports,
+            _admin_list(
+                "patients_importrun",
+                origin__exact="feed",
+                status__in="failed,rejected",
+                queued_at__gte=f.start_at.isoformat(),
+                queued_at__lt=f.end_at.isoformat(),
+            ),
+        ),
     ]
     labels = dict(Channel.choices)
     if found.rules_missing_template:

@@ -7,7 +7,8 @@ from django.urls import reverse
 from campaigns.models import SkipReason
 from dashboard import selectors
 from dashboard.filters import filters_parse
-from tests.dashboard.conftest import NOW, RANGE
+from patients.models import ImportRun
+from tests.dashboard.conftest import NOW, RANGE, at
 
 pytestmark = pytest.mark.django_db
 
@@ -171,3 +172,24 @@ def test_cost_in_nt_dollars_and_line_beyond_the_allowance(small_clinic, settings
     assert costs.line_account == 2
     assert costs.line_cost == Decimal("0.5")  # one message beyond the allowance of one
     assert costs.projected_cost(Decimal("12")) == Decimal("37.20")  # 12 × 31 / 10
+
+
+def test_attention_counts_daily_feed_files_refused_or_failed_in_the_period(small_clinic):
+    def run(status, origin=ImportRun.Origin.FEED, day=5):
+        ImportRun.objects.create(
+            kind="appointments",
+            file_name="his.csv",
+            status=status,
+            origin=origin,
+            queued_at=at(day),
+        )
+
+    run(ImportRun.Status.REJECTED)  # too many bad rows: nothing applied
+    run(ImportRun.Status.FAILED)
+    run(ImportRun.Status.DONE)  # fine
+    run(ImportRun.Status.REJECTED, origin=ImportRun.Origin.ADMIN)  # a clerk saw it happen
+    run(ImportRun.Status.FAILED, day=10)  # after the period
+
+    found = selectors.attention(parsed(), selectors.rules_all(), today=NOW.date())
+
+    assert found.failed_imports == 2
