@@ -98,6 +98,8 @@ def week_ahead(
     if rule_ids is not None:
         rules = rules.filter(pk__in=list(rule_ids))
     patients = _patients(department=department, doctor=doctor)
+    # Before the read-only snapshot below: on a new install this creates the profile's row.
+    profile = ClinicProfile.load()
     outermost = not connection.in_atomic_block
     with transaction.atomic(), timezone.override(timezone.get_default_timezone()):
         # The clinic's zone, active: each of the many send-time lookups below then finds it
@@ -112,7 +114,9 @@ def week_ahead(
                 # Sixty-odd short queries: compiling each (JIT) costs about as much as running
                 # it.
                 cursor.execute("SET LOCAL jit = off")
-        counts = _count(rules, now=now, days=days, channel=channel, patients=patients)
+        counts = _count(
+            rules, now=now, days=days, channel=channel, patients=patients, profile=profile
+        )
     return [
         ForecastRow(rule_id, day, on, n)
         for (rule_id, day, on), n in sorted(counts.items())
@@ -127,13 +131,13 @@ def _count(
     days: int,
     channel: str | None,
     patients: "Patients | None",
+    profile: ClinicProfile,
 ) -> Counter[Key]:
     """The queued messages and the planner's dry run, added up per rule, day and channel."""
     today = timezone.localdate(now)
     last = today + timedelta(days=days - 1)
     counts: Counter[Key] = Counter()
     _count_queued(counts, rules, now=now, last=last, channel=channel, patients=patients)
-    profile = ClinicProfile.load()
     # The planner runs every few minutes: each later day is decided as that day begins.
     moments = [now] + [at_local(today + timedelta(days=i), time.min) for i in range(1, days)]
     for rule in rules:

@@ -11,11 +11,12 @@ from collections import Counter
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from campaigns.forecast import ForecastRow, week_ahead
 from campaigns.models import Rule, Skip
 from consent.models import Channel, Purpose
-from patients.models import Patient
+from patients.models import ClinicProfile, Patient
 from patients.services import prescription_sync_refills
 from reminders.models import OutboxMessage, StaffTask, Status
 from tests.factories import (
@@ -192,3 +193,13 @@ def test_withdrawn_or_unconfigured_channels_count_nothing_as_the_planner_skips_t
     assert week_ahead(now=NOW, rule_ids=[birthday]) == []
     plan(taipei(2026, 12, 4, 0, 0))
     assert not OutboxMessage.objects.filter(rule_id=birthday).exists()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_week_ahead_of_a_new_install_without_a_clinic_profile_row():
+    # The forecast reads in a read-only snapshot on PostgreSQL; the profile's row must be made
+    # before it, not inside it.
+    ClinicProfile.objects.all().delete()
+
+    assert week_ahead(now=timezone.now()) == []
+    assert ClinicProfile.objects.exists()
