@@ -34,3 +34,12 @@ def dispatch(moment: dt.datetime):
     """One dispatch run at `moment`, with the clock frozen there."""
     with time_machine.travel(moment, tick=False):
         return messages_dispatch(time_budget=5)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at the moment, on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

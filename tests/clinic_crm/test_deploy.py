@@ -2,7 +2,6 @@
 compose file and systemd units name files and commands that exist."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,10 @@ import yaml
 from django.conf import settings
 from django.db import connection
 
+from tests.helpers import free_port
+
 DEPLOY = Path(settings.BASE_DIR) / "deploy"
 TOKEN = "deploy-test-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str, **headers: str) -> tuple[int, str]:

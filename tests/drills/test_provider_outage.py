@@ -8,22 +8,14 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from campaigns.models import Rule
-from consent.models import Channel, Purpose
-from patients.models import ClinicProfile
 from reminders.models import OutboxMessage, Status
 from reminders.services import messages_dispatch
-from tests.factories import PatientFactory, grant
+from tests.drills.sending import busiest_second, queue_sms
 
 pytestmark = pytest.mark.django_db
 
 MESSAGES = 30
 RATE = 20  # sends a second
-
-
-def busiest_second(moments: list[float]) -> int:
-    moments = sorted(moments)
-    return max(sum(1 for m in moments[i:] if m < start + 1.0) for i, start in enumerate(moments))
 
 
 def twilio_error(fake, status: int, code: int, times: int, headers: dict | None = None) -> None:
@@ -35,30 +27,7 @@ def test_a_provider_outage_delays_messages_and_loses_none(fake_twilio, settings)
     settings.CHANNEL_RATE_LIMITS = {"sms": float(RATE)}
     settings.REDIS_URL = ""
     settings.Q_CLUSTER = {**settings.Q_CLUSTER, "workers": 1}
-    ClinicProfile.objects.update_or_create(
-        pk=1,
-        defaults={
-            "send_window_start": dt.time(0, 0),
-            "send_window_end": dt.time(23, 59),
-            "closed_weekdays": [],
-        },
-    )
-    rule = Rule.objects.get(name__startswith="術後關懷")  # needs no appointment to check
-    start = timezone.now()  # due now; useful for two hours
-    for n in range(MESSAGES):
-        patient = PatientFactory(phone=f"0912-000-{n:03d}")
-        grant(patient, Purpose.CARE, Channel.SMS)
-        OutboxMessage.objects.create(
-            rule=rule,
-            patient=patient,
-            occurrence_key=f"outage:{n}",
-            purpose=Purpose.CARE,
-            channel=Channel.SMS,
-            due_at=start,
-            next_attempt_at=start,
-            expires_at=start + dt.timedelta(hours=2),
-            body=f"outage drill {n}",
-        )
+    queue_sms(MESSAGES, "outage")
 
     # The first minute Twilio answers 500 to everything,
     twilio_error(fake_twilio, 500, 20500, times=10_000)
