@@ -38,7 +38,7 @@ def post(url: str, body: bytes, **headers: str) -> int:
         return error.code
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="gunicorn's processes need a database they can share"
 )

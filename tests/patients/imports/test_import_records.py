@@ -232,7 +232,7 @@ def test_a_booking_gone_from_the_feed_gets_no_reminder(tmp_path, clinic, memory_
     assert all(m.id != queued.uuid for m in memory_channels)
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_progress_shows_to_other_connections_while_the_import_runs(tmp_path):
     import threading
 
