@@ -66,8 +66,15 @@ def log_in(browser, live_server, username):
 
 
 def wait_until(condition, seconds=5.0):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + seconds
-    while not condition():
+    while True:
+        try:
+            if condition():
+                return
+        except StaleElementReferenceException:
+            pass  # the page put a new element in its place while we read it: look again
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.1)
