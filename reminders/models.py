@@ -162,7 +162,8 @@ class Attempt(models.Model):
     error = models.CharField(_("error"), max_length=300, blank=True)
 
     class Meta:
-        ordering = ["started_at"]
+        # Ties: after a fall-through the next channel is tried at the same instant.
+        ordering = ["started_at", "pk"]
         verbose_name = _("delivery attempt")
         verbose_name_plural = _("delivery attempts")
 

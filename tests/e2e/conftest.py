@@ -66,7 +66,7 @@ def log_in(browser, live_server, username):
 
 
 def wait_until(condition, seconds=5.0):
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
     deadline = time.monotonic() + seconds
     while True:
@@ -75,6 +75,10 @@ def wait_until(condition, seconds=5.0):
                 return
         except StaleElementReferenceException:
             pass  # the page put a new element in its place while we read it: look again
+        except WebDriverException as error:
+            # Chromium's flavour of the same race: the node went away between two calls.
+            if "does not belong to the document" not in str(error):
+                raise
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.1)

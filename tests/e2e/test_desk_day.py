@@ -28,15 +28,16 @@ def reachable(**kwargs):
 
 
 def status_of(browser, appointment) -> str:
-    """The status the row shows, or "" while the page is being replaced (after a post)."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    from selenium.webdriver.common.by import By
+    """The status the row shows, or "" while the page is being replaced (after a post).
 
-    try:
-        row = browser.find_element(By.ID, f"appointment-{appointment.pk}")
-        return row.find_element(By.CSS_SELECTOR, ".day-status").text
-    except (NoSuchElementException, StaleElementReferenceException):
-        return ""
+    Read in one script inside the page: finding the row and then its cell in two WebDriver calls
+    races the page swapping the row in between (a stale or "node does not belong" error).
+    """
+    return browser.execute_script(
+        "const cell = document.querySelector(arguments[0]);"
+        "return cell ? cell.innerText : '';",
+        f"#appointment-{appointment.pk} .day-status",
+    )
 
 
 def no_horizontal_scrollbar(browser) -> bool:
