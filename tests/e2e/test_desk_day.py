@@ -34,8 +34,7 @@ def status_of(browser, appointment) -> str:
     races the page swapping the row in between (a stale or "node does not belong" error).
     """
     return browser.execute_script(
-        "const cell = document.querySelector(arguments[0]);"
-        "return cell ? cell.innerText : '';",
+        "const cell = document.querySelector(arguments[0]);return cell ? cell.innerText : '';",
         f"#appointment-{appointment.pk} .day-status",
     )
 
