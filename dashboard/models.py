@@ -1,6 +1,7 @@
-"""The dashboard's summary of the outbox: per clinic-local day, rule and channel, how many
-messages were due and what became of them. The page reads it instead of scanning a quarter's
-outbox rows (about 650 k at 1 M messages, a second per scan); dashboard.summary keeps it.
+"""The dashboard's summary of the outbox: per clinic-local day, rule and channel, and again per
+department and doctor, how many messages were due and what became of them. The page reads it
+instead of scanning a quarter's outbox rows (about 650 k at 1 M messages, a second per scan);
+dashboard.summary keeps it.
 
 A day is only read from the summary once SummarisedDay says it was counted; a day never
 counted (and today, which changes by the minute) is counted live from the outbox, so a missing
@@ -16,6 +17,10 @@ class MessageDay(models.Model):
     week = models.DateField()  # the Monday of `day`, as TruncWeek counts
     rule = models.ForeignKey("campaigns.Rule", on_delete=models.CASCADE, related_name="+")
     channel = models.CharField(max_length=8)
+    # Both empty: every message. Otherwise the messages to patients of that department, that
+    # doctor, or both at once (PatientGroup), as the page's filters select them.
+    department = models.CharField(max_length=40, blank=True, default="")
+    doctor = models.CharField(max_length=60, blank=True, default="")
     # The funnel's steps (dashboard.selectors.step_counts says what each counts).
     queued = models.PositiveIntegerField(default=0)
     waiting = models.PositiveIntegerField(default=0)
@@ -36,11 +41,14 @@ class MessageDay(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["day", "rule", "channel"], name="message_day_once")
+            models.UniqueConstraint(
+                fields=["day", "rule", "channel", "department", "doctor"], name="message_day_once"
+            )
         ]
+        indexes = [models.Index(fields=["department", "doctor", "day"], name="message_day_group")]
 
     def __str__(self) -> str:
-        return f"{self.day} {self.rule_id} {self.channel}"
+        return f"{self.day} {self.rule_id} {self.channel} {self.department} {self.doctor}"
 
 
 class SummarisedDay(models.Model):
@@ -51,3 +59,27 @@ class SummarisedDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day}"
+
+
+class PatientGroup(models.Model):
+    """Which departments and doctors a patient belongs to, for the dashboard's filters: a
+    patient with a visit or an appointment of department D and doctor R is in (D, ""),
+    ("", R) and (D, R). A database view over the visits and appointments (migration 0003),
+    so always current; read only, by dashboard.summary to count messages per group."""
+
+    pk = models.CompositePrimaryKey("patient", "department", "doctor")
+    patient = models.ForeignKey(
+        "patients.Patient",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="dashboard_groups",
+    )
+    department = models.CharField(max_length=40)
+    doctor = models.CharField(max_length=60)
+
+    class Meta:
+        managed = False
+        db_table = "dashboard_patient_group"
+
+    def __str__(self) -> str:
+        return f"{self.patient_id} {self.department} {self.doctor}"

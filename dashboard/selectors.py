@@ -17,8 +17,9 @@ The outbox's counts (the funnel's steps, the appointment and recall outcomes, th
 trend) come from dashboard.MessageDay for the days the worker has summarised (every 5 minutes
 for the last recall_days() + 5 days, nightly for all; dashboard.summary), and live from the
 outbox for today, days ahead and any day not summarised; the page says when the summarised
-days were counted. With a department or doctor chosen they are all counted live: the summary
-has no patients, and the definition above is kept as it is.
+days were counted. The summary counts each message also under every department and doctor of
+its patient (dashboard.PatientGroup, the definition above as a view), so a department or
+doctor filter reads it too.
 """
 
 from __future__ import annotations
@@ -324,13 +325,11 @@ def message_steps(f: Filters, rules: list[Rule] | None = None) -> list[dict[str,
     the funnel's steps and outcomes (summed per rule) and the delivery trend (per channel and
     week). A few hundred rows.
 
-    Days the worker has summarised (dashboard.MessageDay, SummarisedDay) come from the summary;
-    the rest (today, days ahead, any day not yet summarised) from the outbox itself, one query
-    per run of such days. With a department or doctor chosen everything is counted live: the
-    summary has no patients."""
+    Days the worker has summarised (dashboard.MessageDay, SummarisedDay) come from the summary
+    (its rows for the chosen department and doctor, or for all when none is chosen); the rest
+    (today, days ahead, any day not yet summarised) from the outbox itself, one query per run
+    of such days."""
     rules = rules_all() if rules is None else rules
-    if f.department or f.doctor:
-        return _live_steps(f, rules)
     last_summarised = min(f.end, timezone.localdate() - timedelta(days=1))
     summarised = set(
         SummarisedDay.objects.filter(day__gte=f.start, day__lte=last_summarised).values_list(
@@ -342,7 +341,9 @@ def message_steps(f: Filters, rules: list[Rule] | None = None) -> list[dict[str,
     for first, last in _spans([day for day in every_day if day not in summarised]):
         rows += _live_steps(replace(f, start=first, end=last), rules)
     if summarised:
-        days = MessageDay.objects.filter(day__gte=f.start, day__lte=last_summarised)
+        days = MessageDay.objects.filter(
+            day__gte=f.start, day__lte=last_summarised, department=f.department, doctor=f.doctor
+        )
         if f.rule_id:
             days = days.filter(rule_id=f.rule_id)
         if f.channel:
@@ -366,8 +367,6 @@ def message_steps(f: Filters, rules: list[Rule] | None = None) -> list[dict[str,
 
 def summary_as_of(f: Filters) -> datetime | None:
     """When the oldest summarised day in the range was counted (None: all counted live)."""
-    if f.department or f.doctor:
-        return None
     found = SummarisedDay.objects.filter(day__gte=f.start, day__lte=f.end).aggregate(
         oldest=Min("refreshed_at")
     )

@@ -1,4 +1,5 @@
-"""Keeps dashboard.MessageDay: the outbox counted per clinic-local day, rule and channel.
+"""Keeps dashboard.MessageDay: the outbox counted per clinic-local day, rule and channel, once
+for every message and once per department and doctor of the patient (PatientGroup).
 
 The worker re-counts the last few days every few minutes (a message's status, delivery receipt
 and reply arrive after its due day); `manage.py dashboard_refresh --since DATE` re-counts any
@@ -10,6 +11,7 @@ from datetime import date, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -29,8 +31,10 @@ def recent_days() -> int:
 
 def refresh(first: date, last: date) -> int:
     """Re-count the days `first`..`last` (both included, none from today on); returns how many
-    summary rows they now have. One aggregate over those days' outbox rows (the due_at index),
-    one delete and one insert, in one transaction: a page reads the old counts or the new."""
+    summary rows they now have. Two aggregates over those days' outbox rows (the due_at
+    index): every message, then every message under each group of its patient (a patient of
+    two doctors counts under both); one delete and one insert, in one transaction: a page
+    reads the old counts or the new."""
     last = min(last, timezone.localdate() - timedelta(days=1))
     if last < first:
         return 0
@@ -38,12 +42,18 @@ def refresh(first: date, last: date) -> int:
     from dashboard.selectors import counted_messages, rules_all  # they read this summary
 
     now = timezone.now()
-    counted = counted_messages(
-        OutboxMessage.objects.filter(due_at__gte=start_at, due_at__lt=end_at),
-        rules_all(),
-        {"day": TruncDate("due_at", tzinfo=timezone.get_current_timezone())},
+    rules = rules_all()
+    messages = OutboxMessage.objects.filter(due_at__gte=start_at, due_at__lt=end_at)
+    day = {"day": TruncDate("due_at", tzinfo=timezone.get_current_timezone())}
+    group = {
+        "department": F("patient__dashboard_groups__department"),
+        "doctor": F("patient__dashboard_groups__doctor"),
+    }
+    in_groups = messages.filter(patient__dashboard_groups__isnull=False)  # one join, reused
+    counted = counted_messages(messages, rules, day) + counted_messages(
+        in_groups, rules, day | group
     )
-    rows = [  # days × rules × channels: a few thousand at most
+    rows = [  # days × rules × channels × (groups + 1): tens of thousands at most
         MessageDay(week=row["day"] - timedelta(days=row["day"].weekday()), **row) for row in counted
     ]
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]

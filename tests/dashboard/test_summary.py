@@ -83,13 +83,51 @@ def test_today_is_counted_live_and_never_summarised(small_clinic):
     assert after[small_clinic.recall_rule.pk] == before[small_clinic.recall_rule.pk] + 1
 
 
-def test_department_filter_is_counted_live(small_clinic):
-    department = small_clinic.patients[0].visits.values_list("department", flat=True).first()
-    f = parsed(department=department or "家醫科")
+@pytest.mark.parametrize(
+    "chosen",
+    [
+        {"department": "家醫科"},
+        {"department": "眼科"},  # p[0] too, by its second visit
+        {"doctor": "李醫師"},
+        {"doctor": "陳醫師"},  # p[0] alone
+        {"department": "眼科", "doctor": "李醫師"},  # the same visit's: not p[0]
+        {"department": "眼科", "doctor": "陳醫師"},
+        {"department": "家醫科", "doctor": "李醫師"},  # no visit has both: nothing
+        {"department": "外科"},
+    ],
+)
+def test_department_and_doctor_figures_from_the_summary_equal_those_counted_live(
+    small_clinic, chosen
+):
+    from tests.factories import VisitFactory
+
+    # A patient of two departments and doctors counts under each of them.
+    VisitFactory(patient=small_clinic.patients[0], department="眼科", doctor="陳醫師")
+    f = parsed(**chosen)
     live = steps_of(f)
+    funnel_live = {
+        r.rule.pk: (r.queued, r.sent, r.attended)
+        for r in selectors.funnel(f, selectors.rules_all())
+    }
     summary.refresh_since()
-    MessageDay.objects.update(queued=1000)  # would show if the summary were read
+    assert MessageDay.objects.filter(**chosen).exists() == bool(live)
     assert steps_of(f) == live
+    assert {
+        r.rule.pk: (r.queued, r.sent, r.attended)
+        for r in selectors.funnel(f, selectors.rules_all())
+    } == (funnel_live)
+    MessageDay.objects.filter(**chosen).update(queued=1000)  # the summary is what was read
+    assert (not live) or steps_of(f) != live
+
+
+def test_the_summary_counts_each_message_once_for_all_and_once_per_group(small_clinic):
+    summary.refresh_since()
+    everyone = MessageDay.objects.filter(department="", doctor="")
+    total = sum(everyone.values_list("queued", flat=True))
+    assert total == OutboxMessage.objects.filter(due_at__lt=at(10, hour=0)).count()
+    by_department = MessageDay.objects.exclude(department="").filter(doctor="")
+    # Every fixture patient has one department: the departments' rows add up to the total.
+    assert sum(by_department.values_list("queued", flat=True)) == total
 
 
 def test_command_rebuilds_from_a_day(small_clinic):
