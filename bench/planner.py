@@ -5,7 +5,8 @@
 Recreates the benchmark database (BENCH_PLANNER_DATABASE_URL, by default clinic_crm_plan_bench),
 migrates and seeds it, or with --reuse keeps what is there. Then, for today at 08:00 in the
 clinic's zone: `manage.py run_rules --at ...` as a child process on an empty outbox, --runs times
-(median wall time and peak RSS), and for each enabled rule one hand-written SELECT returning the
+(the median of the planning pass as the command times it, and peak RSS; the process's own wall
+time is reported beside it), and for each enabled rule one hand-written SELECT returning the
 same due rows with consent joined, timed with psycopg. Results go to bench/results/planner.json.
 """
 
@@ -212,7 +213,17 @@ def main() -> None:
             conn.execute(RESET)
         command = [*manage, "run_rules", "--at", now.replace(tzinfo=None).isoformat()]
         seconds, peak_kib, output = run_measured(command, env)
-        runs.append({"seconds": seconds, "rss_mib": peak_kib / 1024, "output": output})
+        # The pass itself, as run_rules times it: the process's start (Python, Django, its
+        # checks: about a second) is not planning, and the worker plans in a running process.
+        passed = re.search(r"messages queued in ([\d.]+) s", output)
+        runs.append(
+            {
+                "seconds": float(passed[1]) if passed else seconds,
+                "process_seconds": seconds,
+                "rss_mib": peak_kib / 1024,
+                "output": output,
+            }
+        )
     queued, skipped = parse_summary(runs[-1]["output"])
 
     # Due sets and the floor both read an empty outbox, as the timed runs did.
@@ -254,6 +265,7 @@ def main() -> None:
         "seed_seconds": round(seed_seconds, 2) if seed_seconds else "(reused database)",
         "planner_seconds": round(planner_seconds, 2),
         "planner_runs_seconds": [round(r["seconds"], 2) for r in runs],
+        "process_seconds": [round(r["process_seconds"], 2) for r in runs],
         "planner_peak_rss_mib": round(rss, 1),
         "sql_floor_seconds": round(sql_seconds, 3),
         "ratio": round(planner_seconds / sql_seconds, 1),
@@ -276,7 +288,8 @@ def main() -> None:
     RESULT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(result["summary"])
     print(
-        f"\nplanner {planner_seconds:.2f} s (median of {args.runs}), peak RSS {rss:.0f} MiB; "
+        f"\nplanning pass {planner_seconds:.2f} s (median of {args.runs}; the run_rules process "
+        f"{statistics.median(r['process_seconds'] for r in runs):.2f} s), peak RSS {rss:.0f} MiB; "
         f"hand-written SQL {sql_seconds:.3f} s; ratio {result['ratio']}x; queued {queued}"
     )
     print(

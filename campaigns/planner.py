@@ -29,6 +29,7 @@ from campaigns.links import LINKS_KEY, LinkTokens, site_url, uses_links
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.policy import channel_order_for, plan_decision, policy_annotations
 from campaigns.templating import RenderFailure, TemplateRenderError, render_message
+from clinic_crm.copy_insert import insert_new
 from consent.selectors import patient_prefix
 from patients.models import (
     Appointment,
@@ -49,6 +50,19 @@ RELATED = {
     "prescription_id": Prescription,
     "refill_window_id": RefillWindow,
 }
+
+
+# What making a message reads of its patient (campaigns.context.message_context, the channel
+# order, the SMS country); `uuid` binds the encrypted name and phone to the row.
+MESSAGE_PATIENT_FIELDS = (
+    "uuid",
+    "name",
+    "sex",
+    "birth_date",
+    "phone",
+    "preferred_language",
+    "preferred_channel",
+)
 
 
 @dataclass
@@ -151,17 +165,14 @@ def plan_rule(
         )
         if not dry_run:
             # A message whose link has no row yet would send the patient to a 404.
+            # COPY on PostgreSQL (clinic_crm.copy_insert): a message another worker planned
+            # meanwhile is left as it is; a skip recorded earlier takes the new reason.
+            key = ["rule", "patient", "occurrence_key"]
             with transaction.atomic():
-                OutboxMessage.objects.bulk_create(messages, batch_size=1000, ignore_conflicts=True)
+                insert_new(OutboxMessage, messages, unique_fields=key)
                 if links:
                     _save_links(rule, links, now)
-            Skip.objects.bulk_create(
-                skips,
-                batch_size=1000,
-                update_conflicts=True,
-                unique_fields=["rule", "patient", "occurrence_key"],
-                update_fields=["reason", "at"],
-            )
+            insert_new(Skip, skips, unique_fields=key, update_fields=["reason", "at"])
         result.queued += len(messages)
     if not dry_run and rule.kind == RuleKind.POSTOP and rule.staff_call:
         _plan_call_tasks(rule, today)
@@ -205,14 +216,16 @@ def _texts(
     channel: str,
     language: str,
     context: dict[str, Any],
+    memo: dict[str, str],
 ) -> list[str] | None:
     """[subject, body] of the rule's template for `channel` in `language` (else zh-Hant), or
-    None when there is none. Raises TemplateRenderError (which never quotes patient data)."""
+    None when there is none; `memo` holds the texts already rendered for this message. Raises
+    TemplateRenderError (which never quotes patient data)."""
     template = templates.get((channel, language)) or templates.get((channel, "zh-hant"))
     if template is None:
         return None
     rendered = render_message(
-        subject=template.subject, body=template.body, context=context, channel=channel
+        subject=template.subject, body=template.body, context=context, channel=channel, memo=memo
     )
     return [rendered.subject, rendered.body]
 
@@ -234,7 +247,9 @@ def _render_all(
 
     With `link_base` (the checked PUBLIC_BASE_URL), each message's tracked links get their tokens
     and are appended to `links`; without it they render as stand-ins of the same length."""
-    patients = Patient.objects.in_bulk({item.due.row["pid"] for item in to_queue})
+    patients = Patient.objects.only(*MESSAGE_PATIENT_FIELDS).in_bulk(
+        {item.due.row["pid"] for item in to_queue}
+    )
     related = _load_related(to_queue)
     messages = []
     for item in to_queue:
@@ -252,8 +267,9 @@ def _render_all(
         tokens = LinkTokens(link_base) if link_base else None
         if tokens is not None:
             context[LINKS_KEY] = tokens
+        memo: dict[str, str] = {}
         try:
-            texts = _texts(templates, channel, language, context)
+            texts = _texts(templates, channel, language, context, memo)
         except TemplateRenderError as error:
             _log_render_error(rule, patient, channel, error)
             texts, reason = None, _RENDER_SKIP[error.failure]
@@ -272,7 +288,7 @@ def _render_all(
                 continue
             made = dict(tokens.tokens) if tokens is not None else {}
             try:
-                alt = _texts(templates, other, language, context)
+                alt = _texts(templates, other, language, context, memo)
             except TemplateRenderError as error:
                 _log_render_error(rule, patient, other, error)
                 if tokens is not None:

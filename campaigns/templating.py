@@ -54,6 +54,8 @@ LINE_MAX_TEXT_UNITS = 5000
 EMAIL_MAX_BODY_CHARS = 20_000
 EMAIL_MAX_SUBJECT_CHARS = 200
 
+CHANNELS = frozenset(ContactChannel.values)  # looked up for every text a pass renders
+
 # Links: a few per text, each short enough to read aloud from a phone's screen.
 MAX_LINKS = 3
 LINK_MAX_CHARS = 300
@@ -276,17 +278,23 @@ def _compiled(source: str) -> Template:
     return _engine.from_string(source)
 
 
-def render(source: str, context: Mapping[str, object]) -> str:
-    """`source` rendered with `context`, without HTML escaping, stripped.
+def render(source: str, context: Mapping[str, object], memo: dict[str, str] | None = None) -> str:
+    """`source` rendered with `context`, without HTML escaping, stripped. With `memo` (texts
+    already rendered with this same context, by source), a source in it is not rendered again:
+    a rule's SMS, LINE and e-mail bodies are often one text.
 
     Raises TemplateRenderError (safe to log) when the template fails, whatever the cause.
     """
+    if memo is not None and source in memo:
+        return memo[source]
     try:
-        text = _compiled(source).render(Context(dict(context), autoescape=False))
+        text = _compiled(source).render(Context(dict(context), autoescape=False)).strip()
     except Exception as exc:  # whatever the cause, one error that is safe to log
         failed = type(exc).__name__
     else:
-        return text.strip()
+        if memo is not None:
+            memo[source] = text
+        return text
     # Raised outside the except block so no exception is chained: the original's message can
     # hold a value from the context (a patient's name), and a logged traceback would show it.
     raise TemplateRenderError(
@@ -296,7 +304,12 @@ def render(source: str, context: Mapping[str, object]) -> str:
 
 
 def render_message(
-    *, subject: str, body: str, context: Mapping[str, object], channel: str
+    *,
+    subject: str,
+    body: str,
+    context: Mapping[str, object],
+    channel: str,
+    memo: dict[str, str] | None = None,
 ) -> RenderedText:
     """The subject and body of one message for `channel`, within that channel's size limit.
 
@@ -304,11 +317,12 @@ def render_message(
     `context`, the body renders empty, or a text is too long for the channel: SMS over
     settings.SMS_MAX_SEGMENTS segments, LINE over LINE_MAX_TEXT_UNITS UTF-16 units, e-mail over
     EMAIL_MAX_BODY_CHARS (body) or EMAIL_MAX_SUBJECT_CHARS or a line break (subject). Raises
-    ValueError for a channel that is not a ContactChannel.
+    ValueError for a channel that is not a ContactChannel. `memo`: as for render, one per
+    message (the same context) when its texts for several channels are made.
     """
-    if channel not in ContactChannel.values:
+    if channel not in CHANNELS:
         raise ValueError(f"unknown channel {channel!r}")
-    text = render(body, context)
+    text = render(body, context, memo)
     if not text:
         raise TemplateRenderError(RenderFailure.EMPTY, _("the text is empty"))
     if channel == ContactChannel.SMS:
@@ -333,7 +347,7 @@ def render_message(
             len(text),
             EMAIL_MAX_BODY_CHARS,
         )
-    title = render(subject, context)
+    title = render(subject, context, memo)
     if len(title) > EMAIL_MAX_SUBJECT_CHARS:
         raise _too_long(
             _("e-mail subject too long (%(count)d characters, at most %(max)d)"),

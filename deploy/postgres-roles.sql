@@ -72,7 +72,9 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'owner')
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
 ALTER DATABASE :"db" OWNER TO :"owner";
 REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
-GRANT CONNECT ON DATABASE :"db" TO :"app";
+-- TEMPORARY: the planner writes its rows by COPY into a temporary table, then INSERT … ON
+-- CONFLICT (clinic_crm/copy_insert.py); a temporary table is private to its session.
+GRANT CONNECT, TEMPORARY ON DATABASE :"db" TO :"app";
 
 \connect :"db"
 SET crm.owner_role = :'owner';

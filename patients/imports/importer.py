@@ -24,12 +24,12 @@ from django.db.models import Q, TextField, Value
 from django.utils import timezone
 
 from clinic_crm import normalise
+from clinic_crm.copy_insert import insert_new
 from clinic_crm.exports import FORMULA_STARTS, cell_neutralise
 from clinic_crm.fields import BlindIndexField, EncryptedTextField, MobileFlagField, Sealed
 from consent.models import Action, ConsentEntry, ConsentState, Source
 from consent.services import consent_bulk_record, consent_record
 from patients.imports import cells
-from patients.imports.copy_insert import insert_new
 from patients.imports.kinds import KINDS, FieldSpec, KindSpec
 from patients.imports.mapping import check_mapping
 from patients.imports.report import MAX_LISTED_CHANGES, Change, ImportReport, RowError

@@ -72,6 +72,21 @@ call_command("setup_schedules")
 call_command("run_rules")
 call_command("dispatch_messages")
 
+# The planner's writes (COPY into a temporary table, then INSERT … ON CONFLICT): the app role
+# may create temporary tables. run_rules above logs a failing rule and goes on; this does not.
+from campaigns.models import Rule, Skip
+from clinic_crm.copy_insert import insert_new
+
+skip = Skip(
+    rule=Rule.objects.first(),
+    patient=Patient.objects.first(),
+    occurrence_key="roles-check",
+    reason="no_consent",
+    at=timezone.now(),
+)
+insert_new(Skip, [skip], unique_fields=["rule", "patient", "occurrence_key"], update_fields=["at"])
+assert Skip.objects.filter(occurrence_key="roles-check").exists()
+
 desk = User.objects.create_user("desk-roles", password="correct horse 42", is_staff=True)
 desk.groups.add(Group.objects.get(name="Front desk"))
 manager = User.objects.create_user("manager-roles", is_staff=True)

@@ -1,3 +1,4 @@
+import time
 from datetime import datetime
 from typing import Any
 
@@ -23,10 +24,12 @@ class Command(BaseCommand):
                 raise CommandError(f"--at: {exc}") from exc
             if timezone.is_naive(now):
                 now = timezone.make_aware(now)
+        started = time.perf_counter()
         results = plan_due_messages(now=now, dry_run=dry_run)
+        seconds = time.perf_counter() - started
         verb = "would queue" if dry_run else "queued"
         for rule, result in results.items():
             skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(result.skipped.items()))
             self.stdout.write(f"{rule.name}: {verb} {result.queued}; skipped: {skipped or 'none'}")
         total = sum(r.queued for r in results.values())
-        self.stdout.write(f"{len(results)} rules, {total} messages {verb}")
+        self.stdout.write(f"{len(results)} rules, {total} messages {verb} in {seconds:.2f} s")

@@ -3,7 +3,7 @@ import datetime as dt
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from patients.imports.copy_insert import insert_new
+from clinic_crm.copy_insert import insert_new
 from patients.models import Patient, Visit
 from tests.factories import PatientFactory
 
@@ -76,3 +76,34 @@ def test_a_clash_raises_djangos_error_so_the_importer_can_refuse_the_row():
         insert_new(Visit, [clash])
 
     assert Visit.objects.count() == 1
+
+
+def test_a_stored_key_is_left_alone_or_updated_as_bulk_creates_conflict_options_would():
+    # The planner's skips and messages: a key stored already (another worker, an earlier pass)
+    # is skipped, or with update_fields takes the new values; the other rows go in.
+    from django.utils import timezone
+
+    from campaigns.models import Rule, Skip
+
+    rule = Rule.objects.order_by("pk").first()
+    first, second = PatientFactory(), PatientFactory()
+    then, now = timezone.now() - dt.timedelta(days=1), timezone.now()
+    Skip.objects.create(rule=rule, patient=first, occurrence_key="k", reason="no_consent", at=then)
+
+    def skips(reason):
+        return [
+            Skip(rule=rule, patient=p, occurrence_key="k", reason=reason, at=now)
+            for p in (first, second)
+        ]
+
+    key = ["rule", "patient", "occurrence_key"]
+    insert_new(Skip, skips("withdrawn"), unique_fields=key)
+    stored = dict(Skip.objects.values_list("patient_id", "reason"))
+    assert stored == {first.pk: "no_consent", second.pk: "withdrawn"}
+
+    insert_new(Skip, skips("holdout"), unique_fields=key, update_fields=["reason", "at"])
+    assert dict(Skip.objects.values_list("patient_id", "reason")) == {
+        first.pk: "holdout",
+        second.pk: "holdout",
+    }
+    assert Skip.objects.get(patient=first).at == now

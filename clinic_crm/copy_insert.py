@@ -8,54 +8,96 @@ bound to the row's uuid, blind indexes, E.164 phones, the SMS flag, created_at) 
 `get_db_prep_save`. The ids are taken from the table's sequence first, so the objects come back
 with their pk set, as from bulk_create, for the audit links, consents and refill windows that
 point at them.
+
+The planner writes its outbox rows and skips the same way, where a row already stored (planned
+by another worker at the same moment, or a skip recorded on an earlier pass) is skipped or
+updated as bulk_create's ignore_conflicts / update_conflicts would: COPY into a temporary
+table, then one INSERT … SELECT … ON CONFLICT.
 """
 
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
-from django.db import connection, models
+from django.db import connection, models, transaction
 
 from clinic_crm.fields import EncryptedTextField, Sealed
 
 BATCH = 2000
 
 
-def insert_new(model: type[models.Model], objs: Sequence[models.Model]) -> None:
-    """Save `objs` (new, unsaved, pk unset) as bulk_create would, and set their pks."""
+def insert_new(
+    model: type[models.Model],
+    objs: Sequence[models.Model],
+    *,
+    unique_fields: Sequence[str] = (),
+    update_fields: Sequence[str] = (),
+) -> None:
+    """Save `objs` (new, unsaved, pk unset) as bulk_create would, and set their pks.
+
+    With `unique_fields`, an object whose key is stored already is not inserted (its pk is set
+    all the same, to an id nothing uses) or, with `update_fields`, updates those fields of the
+    stored row."""
     if not objs:
         return
     if connection.vendor != "postgresql":
-        model._default_manager.bulk_create(objs, batch_size=BATCH)
+        model._default_manager.bulk_create(
+            objs,
+            batch_size=BATCH,
+            ignore_conflicts=bool(unique_fields) and not update_fields,
+            update_conflicts=bool(update_fields),
+            unique_fields=list(unique_fields) if update_fields else None,
+            update_fields=list(update_fields) or None,
+        )
         return
     meta = model._meta
     pk_column = meta.pk.column  # type: ignore[union-attr]
     fields = [f for f in meta.concrete_fields if not f.primary_key]
-    table = connection.ops.quote_name(meta.db_table)
-    names = ", ".join(
-        connection.ops.quote_name(str(c)) for c in [pk_column, *(f.column for f in fields)]
-    )
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+    names = ", ".join(quote(str(c)) for c in [pk_column, *(f.column for f in fields)])
     # psycopg's own errors (a unique value a concurrent writer took) become Django's, which
     # the importer catches to find and refuse the row.
-    with connection.wrap_database_errors, connection.cursor() as cursor:
+    with connection.wrap_database_errors, transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
             [meta.db_table, pk_column, len(objs)],
         )
         ids = [row[0] for row in cursor.fetchall()]
+        target = table
+        if unique_fields:
+            target = quote(f"copy_{meta.db_table}")
+            cursor.execute(f"CREATE TEMPORARY TABLE {target} (LIKE {table}) ON COMMIT DROP")
         # Field order matters as in bulk_create: a phone's pre_save stores its E.164 form,
         # which the blind index and the SMS flag after it read.
         prepare = [(f.pre_save, _converter(f)) for f in fields]
-        with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+        with cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:  # type: ignore[attr-defined]
             for pk, obj in zip(ids, objs, strict=True):
                 copy.write_row(
                     [pk, *(convert(pre_save(obj, True)) for pre_save, convert in prepare)]
                 )
+        if unique_fields:
+            key = ", ".join(quote(_column(model, name)) for name in unique_fields)
+            action = "DO NOTHING"
+            if update_fields:
+                columns = [quote(_column(model, name)) for name in update_fields]
+                action = "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
+            cursor.execute(
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM {target} "  # noqa: S608
+                f"ON CONFLICT ({key}) {action}"
+            )
+            cursor.execute(f"DROP TABLE {target}")
     for pk, obj in zip(ids, objs, strict=True):
         obj.pk = pk
         obj._state.adding = False
         obj._state.db = connection.alias
+
+
+def _column(model: type[models.Model], name: str) -> str:
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field)  # noqa: S101 - a concrete field, not a relation
+    return str(field.column)
 
 
 # Django's own conversions that leave a value of these exact types as it is on PostgreSQL; a
@@ -106,4 +148,12 @@ def _converter(field: models.Field) -> Callable[[Any], Any]:
             return value
         return field.get_db_prep_save(value, connection=connection)
 
+    if type(field) is models.DateTimeField:
+        # An aware datetime is stored as it is; a naive one gets Django's warning and zone.
+        def convert_unless_aware(value: Any) -> Any:
+            if value is None or (type(value) is datetime and value.tzinfo is not None):
+                return value
+            return field.get_db_prep_save(value, connection=connection)
+
+        return convert_unless_aware
     return convert_unless_plain
