@@ -25,7 +25,7 @@ from patients.models import (
     RefillWindow,
     Visit,
 )
-from reminders.models import OutboxMessage
+from reminders.models import LineLinkCode, OutboxMessage
 
 Row = Mapping[str, Any]
 Refs = Mapping[str, Any]  # "appointment" → Appointment, … as loaded for a due message
@@ -485,6 +485,27 @@ def _nothing(language: str, today: date) -> dict[str, Any]:
     return {}
 
 
+# --- LINE link code (sent by staff, never planned) -----------------------------------------------
+
+
+def _line_link(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
+    def expand(row: Row) -> Iterator[Due]:
+        yield from ()
+
+    return Selection(Patient.objects.none(), "id", expand)
+
+
+def _line_link_still_true(message: OutboxMessage) -> str:
+    # Keyed "line_link:<code id>" (reminders.linking.line_link_sms_queue).
+    code_id = message.occurrence_key.removeprefix("line_link:")
+    code = LineLinkCode.objects.filter(pk=int(code_id) if code_id.isdigit() else 0).first()
+    if code is None or code.revoked_at is not None:
+        return _("a newer LINE link code was made")
+    if code.used_at is not None:
+        return _("LINE already linked")
+    return ""
+
+
 REFILL_TEMPLATE_FIELDS = {"prescription": ("drug", "refill_number", "opens_on", "closes_on")}
 
 KINDS: dict[str, Kind] = {
@@ -544,5 +565,13 @@ KINDS: dict[str, Kind] = {
         template_fields={"visit": ("last_date", "department")},
         context=_recall_context,
         sample=_recall_sample,
+    ),
+    RuleKind.LINE_LINK: Kind(
+        select=_line_link,
+        fields=(),
+        template_fields={},
+        context=_birthday_context,
+        sample=_nothing,
+        still_true=_line_link_still_true,
     ),
 }

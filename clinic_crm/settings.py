@@ -205,6 +205,8 @@ DASHBOARD_WEEKLY_EMAIL = env_bool("DASHBOARD_WEEKLY_EMAIL", False)
 # than any one send can take (provider timeouts are 15-20 s).
 DISPATCH_CLAIM_LEASE_SECONDS = int(env_str("DISPATCH_CLAIM_LEASE_SECONDS", "300"))
 WEBHOOK_DEDUPE_DAYS = int(env_str("WEBHOOK_DEDUPE_DAYS", "30"))  # replays within it act once
+# A LINE link code made at the desk works this many hours, once (reminders/linking.py).
+LINE_LINK_CODE_HOURS = int(env_str("LINE_LINK_CODE_HOURS", "24"))
 # Sends per second per channel, all workers together ("sms=30,line=200,email=20").
 CHANNEL_RATE_LIMITS = {
     name.strip(): float(rate)

@@ -28,6 +28,9 @@ class Source(models.TextChoices):
     # Explicit consent columns in an imported file (or Consent resources in a FHIR bundle); the
     # file's checksum is the evidence. Consent is never inferred from an import.
     IMPORT = "import", _("imported from the clinic's records")
+    # The patient sent the one-time link code from the desk to the clinic's LINE account: the
+    # purposes agreed at the desk, granted on LINE, with the webhook event as evidence.
+    LINE = "line", _("LINE, linked by the patient")
 
 
 class ConsentEntry(AppendOnlyModel):

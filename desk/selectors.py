@@ -10,14 +10,14 @@ from typing import Any
 
 import phonenumbers
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from campaigns.models import Rule, RuleKind, Skip, SkipReason
 from campaigns.policy import channel_order_for, pick_channel
 from campaigns.sendwindow import day_bounds
-from consent.models import Channel, Purpose
+from consent.models import Channel, ConsentState, Purpose
 from consent.selectors import consent_annotations
 from patients.models import Appointment
 from patients.selectors import closure_on as clinic_closure_on
@@ -93,6 +93,8 @@ class DayRow:
     reminders: tuple[ReminderLine, ...]
     time_text: str = ""  # the start in the clinic's zone, 09:30
     confirmed_text: str = ""  # how and when it was confirmed, in words
+    # LINE consent is granted but no LINE account is linked: no LINE message can reach them.
+    line_unlinked: bool = False
 
     @property
     def attention(self) -> Attention:
@@ -299,6 +301,18 @@ def _reminders(appointments: list[Appointment]) -> dict[int, list[ReminderLine]]
     }
 
 
+def _line_unlinked() -> Exists:
+    """Per appointment: its patient agreed to LINE messages but has no LINE account linked."""
+    return Exists(
+        ConsentState.objects.filter(
+            patient_id=OuterRef("patient_id"),
+            channel=Channel.LINE,
+            granted=True,
+            patient__line_user_id_bidx__isnull=True,
+        )
+    )
+
+
 def day_queryset(day: date) -> QuerySet[Appointment]:
     start, end = day_bounds(day)
     return Appointment.objects.filter(starts_at__gte=start, starts_at__lt=end)
@@ -334,7 +348,7 @@ def desk_day(
             "patient_id",
             *PATIENT_FIELDS,
         )
-        .annotate(**_reach_annotations(groups))
+        .annotate(**{**_reach_annotations(groups), "line_unlinked": _line_unlinked()})
         .order_by("starts_at", "id")
     )
     reminders = _reminders(loaded)
@@ -356,6 +370,7 @@ def desk_day(
                 reminders=tuple(reminders.get(appointment.pk, ())),
                 time_text=f"{timezone.localtime(appointment.starts_at):%H:%M}",
                 confirmed_text=confirmed,
+                line_unlinked=bool(getattr(appointment, "line_unlinked", False)),
             )
         )
     if order == Order.ATTENTION:

@@ -71,6 +71,7 @@ class ClinicProfileForm(forms.ModelForm):
             "phone",
             "address",
             "line_account_name",
+            "line_basic_id",
             "send_window_start",
             "send_window_end",
             "closed_weekdays",
@@ -275,7 +276,9 @@ class PatientAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
         "or the phone's last four digits with the birth date (5678 1960-03-15 or 5678 49/03/15)."
     )
     filter_horizontal = ["conditions"]
-    readonly_fields = ["erased_at", "created_at", "updated_at"]
+    # The LINE user id is never typed: the patient links it by sending a code (the LINE link
+    # page). The form shows only whether one is linked; saving it leaves the id as it is.
+    readonly_fields = ["line_account", "erased_at", "created_at", "updated_at"]
     fieldsets = [
         (None, {"fields": ["chart_no", "name", "sex", "birth_date", "national_id"]}),
         (
@@ -284,7 +287,7 @@ class PatientAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
                 "fields": [
                     "phone",
                     "email",
-                    "line_user_id",
+                    "line_account",
                     "preferred_channel",
                     "preferred_language",
                     "caregiver_contact",
@@ -310,6 +313,12 @@ class PatientAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
 
     def audited_patient_ids(self, objects):
         return [obj.pk for obj in objects]
+
+    @admin.display(description="LINE")
+    def line_account(self, obj):
+        if obj is not None and obj.line_user_id_bidx:
+            return _("linked")
+        return _("not linked (the patient sends a link code: see LINE below)")
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:

@@ -44,6 +44,13 @@ class ContactChannel(models.TextChoices):
     EMAIL = "email", _("E-mail")
 
 
+line_basic_id_validator = RegexValidator(
+    r"^@[a-z0-9._-]{3,20}$",
+    _("A LINE ID is @ followed by 3 to 20 letters, digits, dots, dashes or underscores."),
+    flags=re.IGNORECASE,
+)
+
+
 class ClinicProfile(models.Model):
     """The clinic itself: one row, read by every message."""
 
@@ -58,6 +65,18 @@ class ClinicProfile(models.Model):
     )
     line_account_name = models.CharField(
         _("LINE official account"), max_length=100, blank=True, validators=[validate_single_line]
+    )
+    # The account's basic ID (@123abcde) or premium ID (@clinic): the LINE link slip's QR
+    # opens a chat with it. Empty: the patient page says so and shows no QR.
+    line_basic_id = models.CharField(
+        _("LINE basic ID"),
+        max_length=21,
+        blank=True,
+        validators=[line_basic_id_validator],
+        help_text=_(
+            "The official account's ID with its @, for example @123abcde (LINE Official "
+            "Account Manager → Settings). Patients link their LINE to the clinic through it."
+        ),
     )
     send_window_start = models.TimeField(_("send messages from"), default=time(9, 0))
     send_window_end = models.TimeField(_("send messages until"), default=time(21, 0))
@@ -84,6 +103,8 @@ class ClinicProfile(models.Model):
 
     def clean(self):
         super().clean()
+        # LINE IDs are case-insensitive; the oaMessage link wants the one spelling.
+        self.line_basic_id = (self.line_basic_id or "").strip().lower()
         if len(set(self.closed_weekdays or [])) >= 7:
             raise ValidationError(
                 {"closed_weekdays": _("Leave at least one day open, or no message can go out.")}

@@ -329,3 +329,76 @@ class ParkedReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider_id} {self.provider_status}"
+
+
+class LineLinkCode(models.Model):
+    """A one-time code the desk gives a patient to link their LINE account: sent to the
+    clinic's official account, it binds the sender's LINE user id to this patient and grants
+    the purposes agreed at the desk on LINE. Only a keyed hash of the code is kept."""
+
+    patient = models.ForeignKey(
+        Patient,
+        on_delete=models.CASCADE,
+        related_name="line_link_codes",
+        verbose_name=_("patient"),
+    )
+    # HMAC of the code under BLIND_INDEX_KEY (reminders.linking.code_hash): a leaked table
+    # cannot be turned back into codes by trying all of them.
+    code_hash = models.CharField(max_length=64, unique=True)
+    purposes = models.JSONField(_("purposes agreed"), default=list)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("made by"),
+    )
+    created_at = models.DateTimeField(_("created at"))
+    expires_at = models.DateTimeField(_("expires at"))
+    used_at = models.DateTimeField(_("used at"), null=True, blank=True)
+    # LINE's webhookEventId of the message that carried the code: the consent's evidence.
+    used_event_id = models.CharField(_("event id"), max_length=100, blank=True)
+    # A newer code for the same patient replaces this one.
+    revoked_at = models.DateTimeField(_("replaced at"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("LINE link code")
+        verbose_name_plural = _("LINE link codes")
+        indexes = [models.Index(fields=["patient", "-created_at"], name="line_code_patient")]
+
+    def __str__(self) -> str:
+        return f"{self.patient_id} {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class LineLinkFailure(models.Model):
+    """A message from a LINE user that held a code matching no usable link code: counted to
+    stop one user from guessing codes. Keyed by the blind index of the user id, never the id."""
+
+    sender_bidx = models.CharField(max_length=64)
+    at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["sender_bidx", "at"], name="line_link_failure_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M}"
+
+
+class LineAccountState(models.Model):
+    """How a patient's linked LINE account stands with the clinic's official account: when it
+    was linked through a code, and whether it blocked the account since (an unfollow event)."""
+
+    patient = models.OneToOneField(
+        Patient, on_delete=models.CASCADE, related_name="line_account", verbose_name=_("patient")
+    )
+    linked_at = models.DateTimeField(_("linked at"), null=True, blank=True)
+    blocked_at = models.DateTimeField(_("blocked at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("LINE account state")
+        verbose_name_plural = _("LINE account states")
+
+    def __str__(self) -> str:
+        return str(self.patient_id)

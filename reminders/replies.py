@@ -1,4 +1,5 @@
-"""What patients send back: an opt-out, a LINE block, or the answer to a confirmation request.
+"""What patients send back: an opt-out, a LINE block, the answer to a confirmation request,
+or the LINE link code from the desk (reminders.linking).
 
 Replies are matched to patients through the blind index of the sender's phone or LINE id (a
 family may share one phone, so all of them). An opt-out takes effect at once, in the ledger.
@@ -16,6 +17,12 @@ from consent.models import Source
 from consent.services import consent_withdraw_all
 from patients.models import Appointment, Patient
 from reminders.channels.base import Inbound
+from reminders.linking import (
+    LinkOutcome,
+    code_candidates,
+    line_account_follow,
+    line_link_redeem,
+)
 from reminders.models import OutboxMessage, StaffTask, Status, WebhookEvent
 from reminders.receipts import webhook_event_record
 
@@ -35,6 +42,11 @@ class ReplyOutcome(StrEnum):
     IGNORED = "ignored"
     REPLAYED = "already handled"
     TOO_OLD = "older than the replay window"
+    # LINE only: the link code (reminders.linking), and a new follower we don't know yet.
+    LINKED = LinkOutcome.LINKED.value
+    WRONG_CODE = LinkOutcome.WRONG_CODE.value
+    LINK_RATE_LIMITED = LinkOutcome.RATE_LIMITED.value
+    GREETED = "greeted"
 
 
 def _normalise(text: str) -> str:
@@ -85,6 +97,18 @@ def reply_handle(
     if not webhook_event_record(provider=PROVIDER[inbound.channel], event_id=event_id, now=now):
         return ReplyOutcome.REPLAYED
     patients = _senders(inbound)
+    if inbound.channel == "line":
+        if inbound.kind == "text" and (candidates := code_candidates(inbound.text)):
+            # A code in the text links whoever the code was made for, known sender or not (a
+            # parent links a child's record from their own LINE).
+            linked = line_link_redeem(
+                sender=inbound.sender, candidates=candidates, event_id=event_id, now=now
+            )
+            return ReplyOutcome(linked.value)
+        if not patients and inbound.kind in ("follow", "text"):
+            return ReplyOutcome.GREETED  # tell them how to link
+        if inbound.kind in ("follow", "unfollow"):
+            line_account_follow(patients=patients, following=inbound.kind == "follow", now=now)
     if not patients:
         return ReplyOutcome.IGNORED
     if inbound.kind == "unfollow":

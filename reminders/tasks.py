@@ -4,6 +4,7 @@ from django.utils import timezone
 
 from campaigns.planner import plan_due_messages
 from desk.task_services import tasks_plan_no_channel
+from reminders.linking import line_link_failures_forget
 from reminders.receipts import webhook_events_forget
 from reminders.retention import retention_apply
 from reminders.services import messages_dispatch
@@ -19,7 +20,9 @@ def dispatch_task() -> dict[str, int]:
 
 
 def webhook_cleanup_task() -> int:
-    return webhook_events_forget(now=timezone.now())
+    now = timezone.now()
+    line_link_failures_forget(now=now)  # wrong LINE link codes count for an hour only
+    return webhook_events_forget(now=now)
 
 
 def retention_task() -> dict[str, int]:

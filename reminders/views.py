@@ -25,11 +25,13 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 
+from patients.models import ClinicProfile
 from reminders.channels import line, sms_twilio
 from reminders.channels.base import InvalidSignature
+from reminders.linking import reply_for
 from reminders.models import TrackedLink
 from reminders.receipts import message_delivery_report
-from reminders.replies import reply_handle
+from reminders.replies import ReplyOutcome, reply_handle
 
 log = logging.getLogger(__name__)
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
@@ -94,7 +96,9 @@ def twilio_sms(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 @require_POST
 def line_webhook(request: HttpRequest) -> HttpResponse:
-    """LINE's webhook: unfollow (the patient blocked us), and text replies."""
+    """LINE's webhook: unfollow (the patient blocked us), follow, text replies, and the link
+    code from the desk. Answers (a welcome, how to link) go by the event's reply token once
+    the event is applied and committed; a replay gets none."""
     try:
         events = line.inbound_events(request.body, request.headers.get("X-Line-Signature", ""))
     except InvalidSignature:
@@ -109,7 +113,20 @@ def line_webhook(request: HttpRequest) -> HttpResponse:
         )
         redelivered = " (redelivered)" if event.redelivered else ""
         log.info("line %s %s%s: %s", event.inbound.kind, event.event_id, redelivered, done)
+        if event.inbound.reply_token and done in ANSWERED:
+            text = reply_for(done, profile=ClinicProfile.load())
+            if text:
+                line.reply_text(event.inbound.reply_token, text)
     return HttpResponse(status=200)
+
+
+# What the clinic answers on LINE itself (reminders.linking.reply_for has the words).
+ANSWERED = {
+    ReplyOutcome.LINKED,
+    ReplyOutcome.WRONG_CODE,
+    ReplyOutcome.LINK_RATE_LIMITED,
+    ReplyOutcome.GREETED,
+}
 
 
 # Apps that fetch a link to draw its preview card (LINE's "line-poker" says facebookexternalhit,

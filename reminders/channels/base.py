@@ -85,3 +85,5 @@ class Inbound:
     kind: str  # "text", "unfollow" (LINE: blocked us) or "follow"
     sender: str  # E.164 phone or LINE user id
     text: str = ""
+    # LINE: the event's replyToken, for one free answer within a minute ("" when none).
+    reply_token: str = ""

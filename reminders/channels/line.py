@@ -20,6 +20,7 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
     Configuration,
     MessagingApi,
     PushMessageRequest,
+    ReplyMessageRequest,
     TextMessage,
 )
 from linebot.v3.webhooks import (  # type: ignore[import-untyped]
@@ -92,6 +93,38 @@ class LineChannel(Channel):
             return message_id
         request_id: str = (response.headers or {}).get("x-line-request-id", "")
         return request_id
+
+
+def reply_text(reply_token: str, text: str) -> bool:
+    """Answer a webhook event with one text message through its replyToken (free, and not
+    counted against the monthly allowance); returns whether LINE took it. Never raises: a lost
+    answer must not undo what the event did. A reply token works once, within a minute, so
+    there is no retry."""
+    if not reply_token:
+        return False
+    if not settings.LINE_CHANNEL_ACCESS_TOKEN:
+        # Development without a LINE account: say so, and pretend nothing.
+        logger.info("line reply not sent: LINE_CHANNEL_ACCESS_TOKEN is not set")
+        return False
+    configuration = Configuration(
+        host=settings.LINE_API_BASE_URL.rstrip("/") or None,
+        access_token=settings.LINE_CHANNEL_ACCESS_TOKEN,
+    )
+    configuration.retries = 0
+    request = ReplyMessageRequest(reply_token=reply_token, messages=[TextMessage(text=text)])
+    try:
+        with ApiClient(configuration) as api_client:
+            MessagingApi(api_client).reply_message_with_http_info(
+                request, _request_timeout=LineChannel.timeout_seconds
+            )
+    except ApiException as exc:
+        # 400 "Invalid reply token": used already, or older than a minute.
+        logger.warning("line reply refused: HTTP %s", exc.status)
+        return False
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        logger.warning("line reply not delivered: %s", type(exc).__name__)
+        return False
+    return True
 
 
 def _already_accepted(exc: ApiException, message: OutgoingMessage) -> str:
@@ -214,12 +247,20 @@ def _event(index: int, raw: object) -> LineEvent | None:
     user_id = event.source.user_id if isinstance(event.source, UserSource) else None
     if not user_id:
         return None
+    # Follow and message events carry a replyToken; an unfollow can't be answered.
+    reply_token = str(getattr(event, "reply_token", None) or "")
     if isinstance(event, UnfollowEvent):
         inbound = Inbound(channel="line", kind="unfollow", sender=user_id)
     elif isinstance(event, FollowEvent):
-        inbound = Inbound(channel="line", kind="follow", sender=user_id)
+        inbound = Inbound(channel="line", kind="follow", sender=user_id, reply_token=reply_token)
     else:
-        inbound = Inbound(channel="line", kind="text", sender=user_id, text=event.message.text)
+        inbound = Inbound(
+            channel="line",
+            kind="text",
+            sender=user_id,
+            text=event.message.text,
+            reply_token=reply_token,
+        )
     return LineEvent(
         event_id=event_id,
         redelivered=bool(event.delivery_context.is_redelivery),

@@ -26,6 +26,7 @@ SPECS = Path(
 )
 TWILIO_MESSAGES = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
 LINE_PUSH = "/v2/bot/message/push"
+LINE_REPLY = "/v2/bot/message/reply"
 
 formats = FormatChecker()
 
@@ -116,17 +117,28 @@ def twilio_create_message(account_sid: str, form: dict[str, list[str]]) -> list[
 def line_push_message(headers: dict[str, str], body: object) -> list[str]:
     """Check a push message request: its headers, then PushMessageRequest and each message
     against the schema its `type` selects."""
+    return _line_message_request(LINE_PUSH, "PushMessageRequest", headers, body)
+
+
+def line_reply_message(headers: dict[str, str], body: object) -> list[str]:
+    """Check a reply message request (the answer to a webhook event, by its replyToken)."""
+    return _line_message_request(LINE_REPLY, "ReplyMessageRequest", headers, body)
+
+
+def _line_message_request(
+    path: str, schema: str, headers: dict[str, str], body: object
+) -> list[str]:
     filename = "line_messaging_api.yml"
     spec, _ = _spec(filename)
-    operation = spec["paths"][LINE_PUSH]["post"]
-    base = f"/paths/{_escape(LINE_PUSH)}/post"
+    operation = spec["paths"][path]["post"]
+    base = f"/paths/{_escape(path)}/post"
     lowered = {k.lower(): v for k, v in headers.items()}
     problems = []
     if not lowered.get("authorization", "").startswith("Bearer "):
         problems.append("header/Authorization: not a Bearer token")
     if not lowered.get("content-type", "").startswith("application/json"):
         problems.append("header/Content-Type: not application/json")
-    for i, parameter in enumerate(operation["parameters"]):
+    for i, parameter in enumerate(operation.get("parameters", [])):
         if parameter["in"] != "header":
             continue
         value = lowered.get(parameter["name"].lower())
@@ -138,7 +150,7 @@ def line_push_message(headers: dict[str, str], body: object) -> list[str]:
             filename, f"{base}/parameters/{i}/schema", value, f"header/{parameter['name']}"
         )
 
-    problems += _errors(filename, "/components/schemas/PushMessageRequest", body, "body")
+    problems += _errors(filename, f"/components/schemas/{schema}", body, "body")
     mapping = spec["components"]["schemas"]["Message"]["discriminator"]["mapping"]
     messages = body.get("messages", []) if isinstance(body, dict) else []
     for i, item in enumerate(messages if isinstance(messages, list) else []):

@@ -220,17 +220,21 @@ def _twilio_error(status: int, code: int, message: str) -> Reply:
 
 
 class FakeLine(FakeProvider):
-    """POST /v2/bot/message/push with a Bearer token, as LINE, honouring X-Line-Retry-Key."""
+    """POST /v2/bot/message/push with a Bearer token, as LINE, honouring X-Line-Retry-Key;
+    and POST /v2/bot/message/reply, the answer to a webhook event by its replyToken."""
 
     def __init__(self):
         super().__init__()
         self.access_token = secrets.token_urlsafe(32)
         self.delivered: list[dict] = []  # accepted push requests (their JSON bodies)
+        self.replies: list[dict] = []  # accepted reply requests (their JSON bodies)
         self._accepted: dict[str, tuple[str, list[dict]]] = {}  # retry key -> request id, sent
 
     def handle(self, received: Received) -> Reply | None:
         request_id = str(uuid.uuid4())
         headers = {"x-line-request-id": request_id}
+        if received.path == contract.LINE_REPLY:
+            return self._reply(received, headers)
         if received.path != contract.LINE_PUSH:
             return Reply(404, {"message": "Not found"}, headers)
         if received.header("Authorization") != f"Bearer {self.access_token}":
@@ -270,4 +274,28 @@ class FakeLine(FakeProvider):
             return None
         if scripted == "hang":
             self._hang()
+        return Reply(200, {"sentMessages": sent}, headers)
+
+    def _reply(self, received: Received, headers: dict[str, str]) -> Reply:
+        if received.header("Authorization") != f"Bearer {self.access_token}":
+            message = "Authentication failed. Confirm that the access token is valid."
+            return Reply(401, {"message": message}, headers)
+        try:
+            received.json = json.loads(received.body)
+        except ValueError:
+            return Reply(400, {"message": "The request body could not be parsed as JSON"}, headers)
+        received.violations = contract.line_reply_message(received.headers, received.json)
+        if received.violations:
+            details = [{"message": v} for v in received.violations]
+            body = {"message": "The request body has errors", "details": details}
+            return Reply(400, body, headers)
+        # A reply token works once.
+        with self._lock:
+            if any(r["replyToken"] == received.json["replyToken"] for r in self.replies):
+                return Reply(400, {"message": "Invalid reply token"}, headers)
+            self.replies.append(received.json)
+        sent = [
+            {"id": str(secrets.randbelow(10**18)), "quoteToken": secrets.token_urlsafe(16)}
+            for _ in received.json["messages"]
+        ]
         return Reply(200, {"sentMessages": sent}, headers)
