@@ -87,8 +87,12 @@ def code_candidates(text: str) -> list[str]:
     letters from a Chinese keyboard too); [] when it holds none or is too long to be one."""
     if not text or len(text) > MAX_SCAN_CHARS:
         return []
-    tokens = _TOKEN.findall(unicodedata.normalize("NFKC", text).upper())
-    found = [token for token in tokens if _code_shaped(token)]
+    normalised = unicodedata.normalize("NFKC", text).upper()
+    found = [token for token in _TOKEN.findall(normalised) if _code_shaped(token)]
+    # A message that is only the code, typed as the slip spaces it out ("AB3 4CD", "A-B-3…").
+    compact = re.sub(r"[\s\-]", "", normalised)
+    if not found and _code_shaped(compact):
+        found = [compact]
     return list(dict.fromkeys(found))[:3]
 
 

@@ -354,6 +354,8 @@ def test_codes_are_short_unambiguous_and_found_only_when_code_shaped():
     assert code_candidates("THANKS 123456") == []  # a word, a number: no letter and digit
     assert code_candidates("AB1OCD") == []  # O is not in the alphabet
     assert code_candidates("AB23CDE") == []  # seven characters
+    assert code_candidates("ab2 3cd") == code_candidates(" A-B-2-3-C-D ") == ["AB23CD"]
+    assert code_candidates("AB 23 CD 45") == []  # spaced out, but not one code
 
 
 def test_without_a_basic_id_the_profile_still_loads(patient):
