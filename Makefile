@@ -58,11 +58,13 @@ lint: $(DEPS)
 bench: $(DEPS)
 	$(PY) bench/seed_demo.py
 	$(PY) bench/planner.py
+	$(PY) bench/planner.py --patients 1000000 --runs 1
 	$(PY) bench/dispatch.py
 	$(PY) bench/desk_pages.py
 	$(PY) bench/search.py
 	$(PY) bench/import_records.py
 	$(PY) bench/dashboard_pages.py
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

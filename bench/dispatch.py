@@ -134,8 +134,21 @@ def unsettled() -> int:
     return OutboxMessage.objects.filter(status__in=[Status.QUEUED, Status.SENDING]).count()
 
 
-def run_workers(mode: str, env: dict, workers: int) -> float:
-    """Start `workers` workers, wait until the outbox is empty, stop them; returns wall seconds."""
+def peak_rss_mib(pid: int) -> float:
+    """A live process's peak resident memory so far (Linux's VmHWM), 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_workers(mode: str, env: dict, workers: int) -> tuple[float, float]:
+    """Start `workers` workers, wait until the outbox is empty, stop them; returns wall seconds
+    and the largest peak RSS of any one worker process (MiB)."""
     manage = [sys.executable, str(ROOT / "manage.py")]
     env = env | {"Q_WORKERS": str(workers)}
     started = time.perf_counter()
@@ -158,11 +171,14 @@ def run_workers(mode: str, env: dict, workers: int) -> float:
         )
         for command in commands
     ]
+    peak = 0.0
     try:
         deadline = time.monotonic() + RUN_TIMEOUT
         while unsettled() and time.monotonic() < deadline:
+            peak = max([peak, *(peak_rss_mib(p.pid) for p in processes)])
             time.sleep(0.2)
         seconds = time.perf_counter() - started
+        peak = max([peak, *(peak_rss_mib(p.pid) for p in processes)])
     finally:
         for process in processes:
             os.killpg(process.pid, signal.SIGTERM)
@@ -174,7 +190,7 @@ def run_workers(mode: str, env: dict, workers: int) -> float:
                 process.wait()
     if left := unsettled():
         raise SystemExit(f"{left} messages still unsent after {RUN_TIMEOUT} s")
-    return seconds
+    return seconds, peak
 
 
 def busiest_second(stamps: list[float]) -> int:
@@ -230,7 +246,7 @@ def measure(count: int, limit: float, mode: str, env: dict, fake, workers: int) 
         cursor.execute("TRUNCATE reminders_outboxmessage CASCADE")
     populate(count)
     env["CHANNEL_RATE_LIMITS"] = f"sms={limit:g}"
-    seconds = run_workers(mode, env, workers)
+    seconds, peak = run_workers(mode, env, workers)
     fake.send("collect")
     seen = fake.recv()
     stamps = seen["stamps"]
@@ -244,6 +260,7 @@ def measure(count: int, limit: float, mode: str, env: dict, fake, workers: int) 
         "messages_per_second": round((len(stamps) - 1) / span, 1),
         "busiest_second": busiest_second(stamps),
         "wall_seconds": round(seconds, 2),
+        "worker_peak_rss_mib": round(peak, 1),
         "statuses": statuses(),
         "contract_violations": len(seen["violations"]),
     }

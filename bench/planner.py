@@ -7,7 +7,8 @@ migrates and seeds it, or with --reuse keeps what is there. Then, for today at 0
 clinic's zone: `manage.py run_rules --at ...` as a child process on an empty outbox, --runs times
 (the median of the planning pass as the command times it, and peak RSS; the process's own wall
 time is reported beside it), and for each enabled rule one hand-written SELECT returning the
-same due rows with consent joined, timed with psycopg. Results go to bench/results/planner.json.
+same due rows with consent joined, timed with psycopg. Results go to
+bench/results/planner_<N/1000>k.json (planner_100k.json, planner_1000k.json).
 """
 
 import argparse
@@ -31,7 +32,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_demo import ROOT, recreate, run_measured  # noqa: E402
 
-RESULT = ROOT / "bench" / "results" / "planner.json"
+RESULTS = ROOT / "bench" / "results"  # planner_<patients in thousands>k.json
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/clinic_crm_plan_bench"
 RESET = "TRUNCATE reminders_outboxmessage, campaigns_skip, reminders_stafftask CASCADE"
 ADDRESS = {"sms": "phone_bidx", "line": "line_user_id_bidx", "email": "email_bidx"}
@@ -189,6 +190,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--reuse", action="store_true", help="keep the seeded database")
     args = parser.parse_args()
+    result_file = RESULTS / f"planner_{args.patients // 1000}k.json"
     url = os.environ.get("BENCH_PLANNER_DATABASE_URL", DEFAULT_URL)
     name = urlsplit(url).path.lstrip("/")
     if not name.endswith("_bench"):
@@ -284,8 +286,10 @@ def main() -> None:
         "summary": runs[-1]["output"].strip(),
         "machine": info,
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(
+        json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     print(result["summary"])
     print(
         f"\nplanning pass {planner_seconds:.2f} s (median of {args.runs}; the run_rules process "
@@ -302,7 +306,7 @@ def main() -> None:
     )
     if mismatched:
         print(f"ROW COUNTS DIFFER for: {', '.join(mismatched)}")
-    print(f"targets met: {result['within_targets']}  ->  {RESULT.relative_to(ROOT)}")
+    print(f"targets met: {result['within_targets']}  ->  {result_file.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
