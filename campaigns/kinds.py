@@ -506,6 +506,14 @@ def _line_link_still_true(message: OutboxMessage) -> str:
     return ""
 
 
+def _never_planned(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
+    # A message staff wrote (reminders.inbox): queued by hand, gated like any other.
+    def expand(row: Row) -> Iterator[Due]:
+        yield from ()
+
+    return Selection(Patient.objects.none(), "id", expand)
+
+
 REFILL_TEMPLATE_FIELDS = {"prescription": ("drug", "refill_number", "opens_on", "closes_on")}
 
 KINDS: dict[str, Kind] = {
@@ -573,5 +581,12 @@ KINDS: dict[str, Kind] = {
         context=_birthday_context,
         sample=_nothing,
         still_true=_line_link_still_true,
+    ),
+    RuleKind.STAFF: Kind(
+        select=_never_planned,
+        fields=(),
+        template_fields={},
+        context=_birthday_context,
+        sample=_nothing,
     ),
 }

@@ -23,6 +23,8 @@ class RuleKind(models.TextChoices):
     # Never planned: staff send it from the LINE link page (reminders.linking), through the
     # outbox and its gate like any message.
     LINE_LINK = "line_link", _("LINE link code (sent by staff from the patient page)")
+    # Never planned either: a message staff write to one patient (reminders.inbox).
+    STAFF = "staff", _("message from staff (written in the inbox or on the patient page)")
 
 
 class Rule(models.Model):

@@ -36,15 +36,25 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from campaigns.kinds import KINDS, Due, Row
-from campaigns.models import Rule, SkipReason
+from campaigns.models import Rule, RuleKind, SkipReason
 from campaigns.sendwindow import fit
-from consent.models import Purpose
-from consent.selectors import Decision, choose_channel, consent_annotations, may_contact
-from patients.models import Appointment, ClinicProfile, age_on
+from consent.models import ConsentState, Purpose
+from consent.selectors import (
+    Decision,
+    choose_channel,
+    consent_annotations,
+    has_contact_point,
+    may_contact,
+)
+from patients.models import Appointment, ClinicProfile, Patient, age_on
 from reminders.channels.base import channel_configured
-from reminders.models import OutboxMessage, Status
+from reminders.models import InboundMessage, OutboxMessage, Status
 
 CAP_WINDOW = timedelta(days=30)
+# A staff message written within this long after the patient's own message on that channel
+# answers it: service, which needs no consent for a purpose, only that the channel was not
+# withdrawn (STOP, a LINE block).
+SERVICE_WINDOW = timedelta(hours=24)
 # Messages that count towards the cap: those on their way and those that (may have) arrived.
 COUNTED = [Status.QUEUED, Status.SENDING, Status.SENT, Status.DELIVERED, Status.UNKNOWN]
 SENT = [Status.SENT, Status.DELIVERED, Status.UNKNOWN]
@@ -202,11 +212,39 @@ def pick_channel(row: Row, order: list[str]) -> Decision:
     return decision
 
 
+def service_reply(message: OutboxMessage) -> bool:
+    """Whether `message` is staff answering the patient on the channel the patient wrote on,
+    written (anchor_at) less than SERVICE_WINDOW after the patient's message."""
+    if message.rule.kind != RuleKind.STAFF or message.anchor_at is None:
+        return False
+    return InboundMessage.objects.filter(
+        patient_id=message.patient_id,
+        channel=message.channel,
+        received_at__gt=message.anchor_at - SERVICE_WINDOW,
+        received_at__lte=message.anchor_at,
+    ).exists()
+
+
 def channel_decision(message: OutboxMessage) -> Decision:
     """Per row: whether `message` may go out on its channel now."""
     decision = may_contact(
         patient=message.patient, purpose=message.purpose, channel=message.channel
     )
+    if decision.reason == SkipReason.NO_CONSENT and service_reply(message):
+        # Without consent for the purpose, an answer is still allowed, unless the patient
+        # withdrew anything on the channel (STOP withdraws it all) or can't be reached there.
+        withdrawn = ConsentState.objects.filter(
+            patient_id=message.patient_id, channel=message.channel, granted=False
+        ).exists()
+        reachable = Patient.objects.filter(
+            has_contact_point(message.channel), pk=message.patient_id
+        ).exists()
+        if withdrawn:
+            decision = Decision(False, SkipReason.WITHDRAWN)
+        elif not reachable:
+            decision = Decision(False, SkipReason.NO_CONTACT_POINT)
+        else:
+            decision = Decision(True)
     if decision.allowed and not channel_configured(message.channel):
         return Decision(False, SkipReason.CHANNEL_NOT_CONFIGURED)
     return decision

@@ -21,6 +21,11 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "reminders.view_attempt",
         "reminders.view_stafftask",
         "reminders.change_stafftask",
+        # The inbox: read, assign, mark handled, link a sender; write to patients; snippets.
+        "reminders.view_inboundmessage",
+        "reminders.change_inboundmessage",
+        "reminders.send_staff_message",
+        "reminders.view_snippet",
     ],
 }
 ROLE_PERMISSIONS[CLINIC_MANAGER] = [
@@ -37,6 +42,7 @@ ROLE_PERMISSIONS[CLINIC_MANAGER] = [
         for verb in ("view", "add", "change")
     ),
     "reminders.change_outboxmessage",  # settle messages whose outcome is unknown
+    *(f"reminders.{verb}_snippet" for verb in ("add", "change", "delete")),
 ]
 
 

@@ -221,6 +221,9 @@ CHANNEL_RATE_LIMITS = {
 RETAIN_MESSAGE_TEXT_DAYS = int(env_str("RETAIN_MESSAGE_TEXT_DAYS", "180"))
 RETAIN_ATTEMPTS_DAYS = int(env_str("RETAIN_ATTEMPTS_DAYS", "400"))
 RETAIN_SKIPS_DAYS = int(env_str("RETAIN_SKIPS_DAYS", "400"))
+# The words patients wrote to the clinic (the staff inbox) are blanked this many days after they
+# came; the row stays (who wrote when, on which channel). 0 keeps them.
+RETAIN_INBOX_TEXT_DAYS = int(env_str("RETAIN_INBOX_TEXT_DAYS", "180"))
 # /healthz answers 503 when the worker has not planned or dispatched for this long, or a
 # message due has waited this long (clinic_crm/health.py). In minutes.
 HEALTH_MAX_PLANNER_AGE = timedelta(minutes=int(env_str("HEALTH_MAX_PLANNER_MINUTES", "30")))

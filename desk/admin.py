@@ -1,5 +1,5 @@
-"""What the front desk adds to the patient page: how the patient's LINE stands, and the way to
-the LINE link page (desk.line_link)."""
+"""What the front desk adds to the patient page: how the patient's LINE stands, the way to
+the LINE link page (desk.line_link), and to the patient's conversation (desk.inbox)."""
 
 from django.http import HttpRequest
 from django.urls import reverse
@@ -18,4 +18,13 @@ def line_panel(request: HttpRequest, patient: Patient) -> PagePanel | None:
     return PagePanel("desk/line_panel.html", status=line_status(patient=patient), url=url)
 
 
-PatientPage.panels = [*PatientPage.panels, line_panel]
+def conversation_panel(request: HttpRequest, patient: Patient) -> PagePanel | None:
+    """The way to the patient's conversation, to read it and write to the patient."""
+    if patient.erased_at is not None or not request.user.has_perm("reminders.view_inboundmessage"):
+        return None
+    unread = patient.inbound_messages.filter(read_at__isnull=True).count()
+    url = reverse("desk:conversation", args=[patient.pk])
+    return PagePanel("desk/conversation_panel.html", url=url, unread=unread)
+
+
+PatientPage.panels = [*PatientPage.panels, line_panel, conversation_panel]

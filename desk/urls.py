@@ -1,8 +1,9 @@
-"""The front desk's own pages (not the admin): the day, the tasks, a patient's LINE link."""
+"""The front desk's own pages (not the admin): the day, the tasks, a patient's LINE link, the
+inbox."""
 
 from django.urls import path
 
-from desk import line_link, tasks, views
+from desk import inbox, line_link, tasks, views
 
 app_name = "desk"
 urlpatterns = [
@@ -12,6 +13,16 @@ urlpatterns = [
     path("appointments/<int:pk>/phone/", views.appointment_phone, name="appointment_phone"),
     path("appointments/<int:pk>/mark/", views.appointment_action, name="appointment_action"),
     path("patients/<int:pk>/line/", line_link.line_link, name="line_link"),
+    path("inbox/", inbox.inbox, name="inbox"),
+    path("inbox/patients/<int:pk>/", inbox.conversation_view, name="conversation"),
+    path("inbox/patients/<int:pk>/reply/", inbox.reply, name="conversation_reply"),
+    path("inbox/patients/<int:pk>/assign/", inbox.assign, name="conversation_assign"),
+    path("inbox/patients/<int:pk>/handled/", inbox.handled, name="conversation_handled"),
+    path(
+        "inbox/senders/<str:channel>/<str:sender>/",
+        inbox.unknown_sender,
+        name="inbox_unknown",
+    ),
     path("tasks/", tasks.task_list, name="tasks"),
     path("tasks/<int:pk>/<slug:action>/", tasks.task_action, name="task_action"),
 ]

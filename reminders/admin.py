@@ -21,7 +21,7 @@ from consent.models import Channel
 from patients.admin import PatientAdmin
 from patients.admin_audit import AuditedAdminMixin, LatestFormSet, ReadOnlyAdminMixin
 from patients.models import ClinicProfile, Patient
-from reminders.models import Attempt, OutboxMessage, StaffTask, Status
+from reminders.models import Attempt, OutboxMessage, Snippet, StaffTask, Status
 from reminders.services import messages_settle_unknown, tasks_mark_done
 
 if TYPE_CHECKING:
@@ -357,3 +357,12 @@ class SkipInline(PatientLatestInline[Skip]):
 # patients/ imports nothing from campaigns/ or reminders/ (data flows from records to rules to
 # the outbox), so the outbox and the skips join the patient page from this side.
 PatientAdmin.inlines = [*PatientAdmin.inlines, MessageInline, SkipInline]
+
+
+@admin.register(Snippet)
+class SnippetAdmin(admin.ModelAdmin[Snippet]):
+    """Saved answers staff insert into a message to a patient (the desk's conversation page)."""
+
+    list_display = ["title", "position", "active"]
+    list_editable = ["position", "active"]
+    search_fields = ["title"]

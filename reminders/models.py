@@ -180,6 +180,10 @@ class StaffTask(models.Model):
         RESCHEDULE = "reschedule", _("call back: the patient asked to change the appointment")
         CALL_UNREACHED = "call_unreached", _("call: no channel could deliver a reminder")
         CALL_NO_CHANNEL = "call_no_channel", _("call: appointment soon, no way to remind")
+        CALL_REQUESTED = (
+            "call_requested",
+            _("call: the patient asked for a call after a post-op check-in"),
+        )
 
     class Outcome(models.TextChoices):
         NONE = "", pgettext_lazy("staff task", "not tried yet")
@@ -402,3 +406,89 @@ class LineAccountState(models.Model):
 
     def __str__(self) -> str:
         return str(self.patient_id)
+
+
+class InboundMessage(models.Model):
+    """A message a patient, or someone we don't know yet, sent us that no keyword handled (not
+    STOP, not an answer to a confirmation request, not a LINE link code): the staff inbox. The
+    text and the sender's address are encrypted; the text is blanked after
+    RETAIN_INBOX_TEXT_DAYS (reminders.retention)."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    channel = models.CharField(_("channel"), max_length=8, choices=Channel.choices)
+    # The provider's id for it (Twilio MessageSid, LINE webhookEventId): kept once.
+    event_id = models.CharField(_("event id"), max_length=100)
+    received_at = models.DateTimeField(_("received at"))
+    # Null while the sender is unknown, or is a phone several patients share (staff link it).
+    patient = models.ForeignKey(
+        Patient,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="inbound_messages",
+        verbose_name=_("patient"),
+    )
+    sender = EncryptedCharField(_("sender"), max_length=100, erase_with_patient=True)
+    # Patient.phone_bidx or Patient.line_user_id_bidx of the sender: finds the patient it is.
+    sender_bidx = models.CharField(max_length=64, blank=True)
+    text = EncryptedTextField(_("text"), blank=True, erase_with_patient=True)
+    truncated = models.BooleanField(_("shortened"), default=False)
+    read_at = models.DateTimeField(_("read at"), null=True, blank=True)
+    handled_at = models.DateTimeField(_("handled at"), null=True, blank=True)
+    handled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("handled by"),
+    )
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="inbox_messages",
+        verbose_name=_("assigned to"),
+    )
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name = _("incoming message")
+        verbose_name_plural = _("incoming messages")
+        permissions = [("send_staff_message", _("Can write to patients from the inbox"))]
+        constraints = [models.UniqueConstraint(fields=["channel", "event_id"], name="inbound_once")]
+        indexes = [
+            models.Index(fields=["patient", "received_at"], name="inbound_patient"),
+            # The inbox list and the badge: what is still open.
+            models.Index(
+                fields=["patient", "received_at"],
+                condition=models.Q(handled_at__isnull=True),
+                name="inbound_open",
+            ),
+            models.Index(fields=["sender_bidx"], name="inbound_sender"),
+            # Retention finds the texts still kept.
+            models.Index(
+                fields=["received_at"], condition=~models.Q(text=""), name="inbound_text_kept"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_channel_display()} {self.received_at:%Y-%m-%d %H:%M}"
+
+
+class Snippet(models.Model):
+    """A saved answer staff insert into a message to a patient."""
+
+    title = models.CharField(_("title"), max_length=60)
+    text = models.TextField(_("text"), max_length=1000)
+    position = models.PositiveSmallIntegerField(_("order"), default=0)
+    active = models.BooleanField(_("in use"), default=True)
+
+    class Meta:
+        ordering = ["position", "title"]
+        verbose_name = _("saved answer")
+        verbose_name_plural = _("saved answers")
+
+    def __str__(self) -> str:
+        return self.title

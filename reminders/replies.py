@@ -1,5 +1,6 @@
 """What patients send back: an opt-out, a LINE block, the answer to a confirmation request,
-or the LINE link code from the desk (reminders.linking).
+or the LINE link code from the desk (reminders.linking). Any other text is kept for the staff
+inbox (reminders.inbox).
 
 Replies are matched to patients through the blind index of the sender's phone or LINE id (a
 family may share one phone, so all of them). An opt-out takes effect at once, in the ledger.
@@ -13,10 +14,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from consent.models import Source
-from consent.services import consent_withdraw_all
+from consent.models import Action, ConsentState, Purpose, Source
+from consent.services import consent_record, consent_withdraw_all
 from patients.models import Appointment, Patient
 from reminders.channels.base import Inbound
+from reminders.inbox import inbound_keep
 from reminders.linking import (
     LinkOutcome,
     code_candidates,
@@ -47,6 +49,7 @@ class ReplyOutcome(StrEnum):
     WRONG_CODE = LinkOutcome.WRONG_CODE.value
     LINK_RATE_LIMITED = LinkOutcome.RATE_LIMITED.value
     GREETED = "greeted"
+    KEPT = "kept for the inbox"
 
 
 def _normalise(text: str) -> str:
@@ -80,6 +83,28 @@ def _answered_request(patients: list[Patient], channel: str, now: datetime) -> O
     )
 
 
+def _withdraw_channel(patient: Patient, *, channel: str, source: str, evidence: str) -> None:
+    withdrawn = consent_withdraw_all(
+        patient=patient, source=source, channel=channel, evidence=evidence
+    )
+    if not withdrawn and not ConsentState.objects.filter(patient=patient, channel=channel).exists():
+        # Nothing was granted on the channel: the STOP is recorded all the same, because an
+        # answer to one of the patient's messages (allowed for 24 hours without consent,
+        # campaigns.policy.service_reply) must stop at it.
+        consent_record(
+            patient=patient,
+            purpose=Purpose.CARE,
+            channel=channel,
+            action=Action.WITHDRAW,
+            source=source,
+            evidence=evidence,
+        )
+
+
+# What is kept for the inbox: a text no keyword handled.
+KEPT_AFTER = {"ignored", "greeted"}
+
+
 @transaction.atomic
 def reply_handle(
     *,
@@ -89,7 +114,8 @@ def reply_handle(
     now: datetime | None = None,
 ) -> ReplyOutcome:
     """Act on one inbound event, `event_id` being the provider's id for it; returns what was
-    done. The same event delivered again does nothing. Never stores the text itself."""
+    done. The same event delivered again does nothing. A text no keyword handles is kept
+    (encrypted) for the staff inbox; nothing else of the text is stored."""
     now = now or timezone.now()
     if occurred_at is not None and occurred_at < now - timedelta(days=settings.WEBHOOK_DEDUPE_DAYS):
         # The dedupe table has forgotten events this old, so it could not tell a replay.
@@ -97,6 +123,17 @@ def reply_handle(
     if not webhook_event_record(provider=PROVIDER[inbound.channel], event_id=event_id, now=now):
         return ReplyOutcome.REPLAYED
     patients = _senders(inbound)
+    done = _apply(inbound=inbound, event_id=event_id, now=now, patients=patients)
+    if inbound.kind == "text" and done in KEPT_AFTER:
+        kept = inbound_keep(inbound=inbound, patients=patients, event_id=event_id, now=now)
+        if kept is not None and done == ReplyOutcome.IGNORED:
+            return ReplyOutcome.KEPT
+    return done
+
+
+def _apply(
+    *, inbound: Inbound, event_id: str, now: datetime, patients: list[Patient]
+) -> ReplyOutcome:
     if inbound.channel == "line":
         if inbound.kind == "text" and (candidates := code_candidates(inbound.text)):
             # A code in the text links whoever the code was made for, known sender or not (a
@@ -113,8 +150,8 @@ def reply_handle(
         return ReplyOutcome.IGNORED
     if inbound.kind == "unfollow":
         for patient in patients:
-            consent_withdraw_all(
-                patient=patient, source=Source.LINE_FOLLOW, channel="line", evidence="LINE unfollow"
+            _withdraw_channel(
+                patient, channel="line", source=Source.LINE_FOLLOW, evidence="LINE unfollow"
             )
         return ReplyOutcome.OPTED_OUT
     if inbound.kind != "text":
@@ -123,8 +160,8 @@ def reply_handle(
     if text in STOP_WORDS:
         source = Source.SMS_KEYWORD if inbound.channel == "sms" else Source.PATIENT_REQUEST
         for patient in patients:
-            consent_withdraw_all(
-                patient=patient, source=source, channel=inbound.channel, evidence=f"replied {text}"
+            _withdraw_channel(
+                patient, channel=inbound.channel, source=source, evidence=f"replied {text}"
             )
         return ReplyOutcome.OPTED_OUT
     if text not in (CONFIRM, CHANGE):

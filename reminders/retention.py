@@ -10,6 +10,8 @@ visits, prescriptions, procedures or appointments. What goes, each after its own
   the dashboard's figures and the cost still show who got which message when, on which channel.
 - RETAIN_ATTEMPTS_DAYS: the log of hand-overs to providers, for final messages.
 - RETAIN_SKIPS_DAYS: the record of why a patient was not sent a message.
+- RETAIN_INBOX_TEXT_DAYS: the words patients wrote to the clinic (the staff inbox). The row
+  stays: who wrote when, on which channel, and whether staff handled it.
 Early delivery reports never applied are dropped with the webhook dedupe table
 (WEBHOOK_DEDUPE_DAYS), which the webhook cleanup task already forgets.
 
@@ -26,7 +28,7 @@ from django.db import transaction
 from django.db.models import Model, Q, QuerySet
 
 from campaigns.models import Skip
-from reminders.models import FINAL, Attempt, OutboxMessage
+from reminders.models import FINAL, Attempt, InboundMessage, OutboxMessage
 
 BATCH = 2000
 
@@ -64,4 +66,9 @@ def retention_apply(*, now: datetime, batch: int = BATCH) -> Counter[str]:
     if cutoff := _cutoff(now, settings.RETAIN_SKIPS_DAYS):
         skips = Skip.objects.filter(at__lt=cutoff)
         done["skips"] = _in_batches(skips, lambda rows: rows.delete()[0], batch=batch)
+    if cutoff := _cutoff(now, settings.RETAIN_INBOX_TEXT_DAYS):
+        inbox = InboundMessage.objects.filter(received_at__lt=cutoff).exclude(text="")
+        done["inbox texts"] = _in_batches(
+            inbox, lambda rows: rows.update(text="", truncated=False), batch=batch
+        )
     return done

@@ -53,7 +53,7 @@ def test_only_the_first_answer_counts(confirmation_sent):
 def test_a_reply_that_answers_nothing_marks_nothing(confirmation_sent):
     now = timezone.now()
 
-    assert _reply("hello", now, "SM1") == ReplyOutcome.IGNORED
+    assert _reply("hello", now, "SM1") == ReplyOutcome.KEPT  # for the staff inbox
     assert _reply("STOP", now, "SM2") == ReplyOutcome.OPTED_OUT
 
     assert OutboxMessage.objects.get(pk=confirmation_sent.pk).replied_at is None
