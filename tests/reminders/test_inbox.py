@@ -264,6 +264,16 @@ def test_need_a_call_after_a_postop_checkin_is_a_call_task_at_once(
     assert InboundMessage.objects.filter(patient=patient).count() == 2  # staff see it too
 
 
+def test_the_call_task_leads_to_the_conversation(client, patient, checkin, front_desk_user):
+    sms_from(client, PHONE, "3")
+    client.force_login(front_desk_user)
+
+    html = client.get(reverse("desk:tasks")).content.decode()
+
+    assert "病人回覆術後關懷，要求來電" in html
+    assert reverse("desk:conversation", args=[patient.pk]) in html
+
+
 def test_other_answers_or_no_checkin_make_no_call_task(client, patient, checkin):
     sms_from(client, PHONE, "還好，謝謝")
     checkin.sent_at = NOW - dt.timedelta(days=5)
@@ -271,3 +281,14 @@ def test_other_answers_or_no_checkin_make_no_call_task(client, patient, checkin)
     sms_from(client, PHONE, "3")
 
     assert not StaffTask.objects.exists()
+
+
+def test_erasing_the_patient_blanks_what_they_wrote(client, patient, front_desk_user):
+    from patients.services import patient_erase
+
+    sms_from(client, PHONE, "我的地址是台北市信義路一段1號")
+
+    patient_erase(patient=patient, actor=front_desk_user)
+
+    row = InboundMessage.objects.get()
+    assert (row.text, row.sender) == ("", "")

@@ -18,7 +18,7 @@ from reminders.models import InboundMessage, OutboxMessage, Snippet, Status
 from tests.factories import PatientFactory, grant, withdraw
 from tests.helpers import dispatch, taipei
 
-from .inbound import line_post, line_text, provider_settings, sms_from
+from .inbound import line_event, line_post, line_text, provider_settings, sms_from
 
 pytestmark = pytest.mark.django_db
 NOW = taipei(2026, 3, 10, 10, 0)  # a Tuesday morning, inside the send window
@@ -172,6 +172,16 @@ def test_stop_withdraws_the_channel_even_within_24_hours(desk, patient, memory_c
 
     assert "未以簡訊傳送" in response.content.decode()
     assert "已撤回" in response.content.decode()
+    assert not OutboxMessage.objects.exists()
+
+
+def test_a_line_block_withdraws_line_even_within_24_hours(desk, patient, fake_line):
+    line_post(desk, line_text(LINE_ID, "請問營業時間"))
+    line_post(desk, line_event("unfollow", LINE_ID))
+
+    response = desk.post(reply_page(patient), {"channel": "line", "body": "週一至週六"})
+
+    assert "未以LINE傳送" in response.content.decode()
     assert not OutboxMessage.objects.exists()
 
 
