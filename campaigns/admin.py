@@ -235,13 +235,17 @@ class MessageTemplateForm(forms.ModelForm[MessageTemplate]):
         help_texts = {
             "subject": _("E-mail only."),
             "body": format_lazy(
-                "{} {}",
+                "{} {} {}",
                 _(
                     "Fields such as {{ patient.display_name }} or {{ clinic.phone }}, the filters "
                     '|default:"…", |upper and |lower, and {% if … %}…{% endif %}. Anything else is '
                     "refused with what is allowed. At most 2,000 characters."
                 ),
                 _('A link whose opening is counted: {% link "https://…" %} (at most 3).'),
+                _(
+                    "The patient's own page to choose which messages, channel and language: "
+                    "{% settings_link %}."
+                ),
             ),
         }
 

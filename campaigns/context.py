@@ -5,6 +5,7 @@ from datetime import date
 from typing import Any
 
 from campaigns.kinds import KINDS, Due, Refs
+from campaigns.links import PATIENT_KEY
 from campaigns.models import Rule
 from campaigns.templating import display_name
 from patients.models import ClinicProfile, Patient
@@ -33,6 +34,7 @@ def message_context(
         },
         "clinic": _clinic(profile),
         **KINDS[rule.kind].context(refs, due, language, today),
+        PATIENT_KEY: (patient.pk, today),  # {% settings_link %} only (campaigns.links)
     }
 
 

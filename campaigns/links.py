@@ -8,6 +8,12 @@ and a click counts for the message either way.
 
 Rendering without a message (the admin's preview, sample data) gives a stand-in URL of the
 same length, so the SMS segment count of the preview is the real one.
+
+`{% settings_link %}` is the patient's own settings page, `<PUBLIC_BASE_URL>/p/<token>/`
+(consent.patient_link): a keyed hash of the patient and the planning day, so it needs no row and
+nothing from the planner beyond what tracked links already get (the checked base in LinkTokens,
+present only when a real message is made; campaigns.context puts the patient's id and the day
+under PATIENT_KEY). Dry runs and previews show a stand-in of the same length.
 """
 
 import re
@@ -30,7 +36,11 @@ register = Library()
 LINKS_KEY = "_tracked_links"
 TOKEN_BYTES = 16  # secrets.token_urlsafe: 22 characters, 128 bits, never guessed
 TOKEN_CHARS = 22
-USES_LINK = re.compile(r"{%\s*link\s")
+# Tracked links and the settings link: both need PUBLIC_BASE_URL, so the planner checks it.
+USES_LINK = re.compile(r"{%\s*(link\s|settings_link\b)")
+# Where campaigns.context puts (patient id, planning day) for {% settings_link %}; a name
+# starting with "_", so no template can print it.
+PATIENT_KEY = "_patient_link"
 # Hosts that are never a patient's way back to us.
 LOCAL_HOSTS = re.compile(r"^https?://(localhost|127\.|0\.0\.0\.0|\[::1\])", re.IGNORECASE)
 
@@ -99,6 +109,33 @@ def link(parser: Parser, token: Token) -> LinkNode:
     if len(bits) != 2 or not literal(bits[1]):
         raise TemplateSyntaxError('{% link %} takes one URL in quotes: {% link "https://…" %}')
     return LinkNode(bits[1][1:-1])
+
+
+def settings_url(base: str, token: str) -> str:
+    return f"{base}/p/{token}/"
+
+
+class SettingsLinkNode(Node):
+    def render(self, context: Context) -> str:
+        from consent.patient_link import patient_link_token, token_length
+
+        links, patient = context.get(LINKS_KEY), context.get(PATIENT_KEY)
+        if isinstance(links, LinkTokens) and patient is not None:
+            patient_id, day = patient
+            return settings_url(
+                links.base, patient_link_token(patient_id=patient_id, issued_on=day)
+            )
+        # A dry run or preview: as long as the real one, never one that works.
+        base = settings.PUBLIC_BASE_URL or "https://example.invalid"
+        return settings_url(base, "x" * token_length(patient[0] if patient else None))
+
+
+@register.tag("settings_link")
+def settings_link(parser: Parser, token: Token) -> SettingsLinkNode:
+    """`{% settings_link %}`: the patient's own settings page; takes nothing."""
+    if len(token.split_contents()) != 1:
+        raise TemplateSyntaxError("{% settings_link %} takes nothing")
+    return SettingsLinkNode()
 
 
 def literal(bit: str) -> bool:

@@ -1,8 +1,10 @@
 """Message templates: the fixed context they may use, checking, rendering and sizing per channel.
 
 Templates use Django template syntax limited to `{{ variable|filter }}`,
-`{% if %}/{% elif %}/{% else %}/{% endif %}` and tracked links `{% link "https://…" %}` (a
-literal http(s) URL, at most MAX_LINKS a text; campaigns.links), over the variables in
+`{% if %}/{% elif %}/{% else %}/{% endif %}`, tracked links `{% link "https://…" %}` (a
+literal http(s) URL, at most MAX_LINKS a text; campaigns.links) and `{% settings_link %}` (the
+patient's own settings page, a short expiring link; campaigns.links, consent.patient_link;
+the address and 19 more characters), over the variables in
 COMMON_FIELDS and each kind's template_fields (campaigns.kinds), and the filters in FILTERS,
 whose argument must be a literal. A template naming anything else is rejected when it is
 saved, not discovered when a patient gets a blank: a variable argument (`|add:patient.name`)
@@ -37,7 +39,7 @@ COMMON_FIELDS: dict[str, tuple[str, ...]] = {
     "patient": ("display_name", "name"),
     "clinic": ("name", "phone", "address", "line_account_name"),
 }
-ALLOWED_TAGS = frozenset({"if", "elif", "else", "endif", "link"})
+ALLOWED_TAGS = frozenset({"if", "elif", "else", "endif", "link", "settings_link"})
 IF_WORDS = frozenset({"and", "or", "not", "in", "is", "==", "!=", "<", ">", "<=", ">="})
 # The filters a message may use, and whether each takes an argument (then a literal). Dates
 # and times arrive formatted, so no date filters; padding and repeating filters could make one
@@ -166,6 +168,13 @@ def _block_variables(token: Token) -> Iterator[Variable]:
     if bits[0] == "link":
         _check_link(bits)
         return
+    if bits[0] == "settings_link":
+        if len(bits) != 1:
+            raise TemplateProblem(
+                _("The settings link is written {% settings_link %}, with nothing inside.")
+            )
+        _check_site_url()
+        return
     for bit in bits[1:]:
         if bit not in IF_WORDS:
             yield from _expression_variables(bit)
@@ -189,6 +198,10 @@ def _check_link(bits: list[str]) -> None:
         raise TemplateProblem(
             _("The link must be a full web address starting with https:// or http://.")
         ) from None
+    _check_site_url()
+
+
+def _check_site_url() -> None:
     try:
         site_url()
     except ImproperlyConfigured:

@@ -207,6 +207,9 @@ DISPATCH_CLAIM_LEASE_SECONDS = int(env_str("DISPATCH_CLAIM_LEASE_SECONDS", "300"
 WEBHOOK_DEDUPE_DAYS = int(env_str("WEBHOOK_DEDUPE_DAYS", "30"))  # replays within it act once
 # A LINE link code made at the desk works this many hours, once (reminders/linking.py).
 LINE_LINK_CODE_HOURS = int(env_str("LINE_LINK_CODE_HOURS", "24"))
+# The settings link in a message ({% settings_link %}) works this many days after the message
+# was planned (consent/patient_link.py).
+PATIENT_LINK_DAYS = int(env_str("PATIENT_LINK_DAYS", "30"))
 # Sends per second per channel, all workers together ("sms=30,line=200,email=20").
 CHANNEL_RATE_LIMITS = {
     name.strip(): float(rate)

@@ -14,6 +14,8 @@ urlpatterns = [
     path("webhooks/", include("reminders.urls")),
     # Tracked links patients open from a message (short: they count in an SMS's length).
     path("r/", include(link_urlpatterns)),
+    # The patient's own settings page, from {% settings_link %} in a message (short too).
+    path("p/", include("consent.urls")),
     path("desk/", include("desk.urls")),
     path("dashboard/", include("dashboard.urls")),
     path("healthz", health.healthz, name="healthz"),

@@ -31,6 +31,9 @@ class Source(models.TextChoices):
     # The patient sent the one-time link code from the desk to the clinic's LINE account: the
     # purposes agreed at the desk, granted on LINE, with the webhook event as evidence.
     LINE = "line", _("LINE, linked by the patient")
+    # The patient's own settings page, opened from the link in a message (consent/patient_link.py);
+    # the evidence names the link by a hash, never the link itself.
+    PATIENT_LINK = "patient_link", _("patient link")
 
 
 class ConsentEntry(AppendOnlyModel):

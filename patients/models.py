@@ -615,6 +615,8 @@ class AuditEntry(AppendOnlyModel):
         EXPORT = "export", _("exported")
         ERASE = "erase", _("erased")
         IMPORT = "import", _("imported")
+        # The patient changed their own settings (consent/patient_link.py): no staff member.
+        CHANGE = "change", _("changed")
 
     at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)
     actor = models.ForeignKey(
