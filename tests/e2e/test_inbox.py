@@ -18,7 +18,7 @@ from tests.factories import PatientFactory
 from tests.helpers import dispatch
 from tests.reminders.contract import require_specs
 from tests.reminders.fake_providers import FakeLine
-from tests.reminders.inbound import line_post, line_text, provider_settings
+from tests.reminders.inbound import line_post, line_text, provider_settings, sms_from
 
 from .conftest import E2E, log_in, screenshot, staff, wait_until
 
@@ -94,3 +94,39 @@ def test_staff_answers_a_patient_from_the_inbox(browser, live_server, fake_line)
     (pushed,) = fake_line.delivered
     assert pushed["to"] == LINE_ID
     assert pushed["messages"][0]["text"] == "請拍一張傷口的照片傳給我們。\n安心診所 護理師"
+
+
+def test_staff_link_an_unknown_sender_to_a_patient(browser, live_server, settings):
+    # given: someone whose number no patient has writes by SMS
+    provider_settings(settings)
+    patient = PatientFactory(chart_no="A000777", name="王小明", phone="+886912000111")
+    assert (
+        sms_from(Client(), "+886987654321", "我是王小明的女兒，想問爸爸的報告").status_code == 200
+    )
+    staff("desk", "Front desk")
+    log_in(browser, live_server, "desk")
+
+    # when: the desk finds it under unknown senders, searches the patient and links it
+    browser.get(f"{live_server.url}/desk/inbox/")
+    unknown = browser.find_element(By.ID, "inbox-unknown-senders")
+    assert "+886987654321" in unknown.text
+    unknown.find_element(By.LINK_TEXT, "連結到病人").click()
+    browser.find_element(By.ID, "q").send_keys("A000777")
+    browser.find_element(By.CSS_SELECTOR, "form.inline-form button[type=submit]").click()
+    row = browser.find_element(By.ID, "link-candidates")
+    assert "王小明" in row.text
+    for width in (1366, 1024):
+        browser.set_window_size(width, 800)
+        wait_until(lambda w=width: browser.execute_script("return window.innerWidth") <= w)
+        width_now, right = browser.execute_script(
+            "return [document.documentElement.clientWidth, document.documentElement.scrollWidth]"
+        )
+        assert right <= width_now, f"sideways scrolling at {width} px"
+    screenshot(browser, "inbox_link_sender")
+    row.find_element(By.NAME, "confirmed").click()
+    row.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+    # then: the message is in the patient's conversation
+    wait_until(lambda: browser.current_url.endswith(f"/desk/inbox/patients/{patient.pk}/"))
+    assert "想問爸爸的報告" in browser.find_element(By.ID, "conversation").text
+    assert InboundMessage.objects.get().patient == patient
