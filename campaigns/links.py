@@ -183,7 +183,8 @@ def check_links_have_a_site(
     return [
         missing,
         checks.Error(
-            "PUBLIC_BASE_URL is not set, and these rules' templates use {% link %}: they will "
+            "PUBLIC_BASE_URL is not set, and these rules' templates use {% link %} or "
+            "{% settings_link %}: they will "
             f"not be planned until it is: {', '.join(names)}.",
             id="campaigns.E002",
         ),

@@ -62,7 +62,13 @@ CLINIC_CHOOSES = gettext_lazy("Let the clinic choose")
 
 def _gone(request: HttpRequest, status: int) -> HttpResponse:
     context = {"status": status, "clinic_name": ClinicProfile.load().name}
-    return render(request, "consent/patient_link_gone.html", context, status=status)
+    return _unindexed(render(request, "consent/patient_link_gone.html", context, status=status))
+
+
+def _unindexed(response: HttpResponse) -> HttpResponse:
+    # Also for crawlers that never parse the page (a link pasted somewhere public).
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    return response
 
 
 @never_cache
@@ -130,7 +136,7 @@ def patient_settings_page(request: HttpRequest, token: str) -> HttpResponse:
         "saved": changes is not None,
         "changes": [_change_words(change) for change in changes or []],
     }
-    return render(request, "consent/patient_settings.html", context)
+    return _unindexed(render(request, "consent/patient_settings.html", context))
 
 
 def _change_words(change: Change) -> str:

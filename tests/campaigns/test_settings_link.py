@@ -167,3 +167,30 @@ def test_a_text_without_the_tag_plans_without_a_site_url(clinic, settings):
     plan(BIRTHDAY)
 
     assert "/p/" not in OutboxMessage.objects.get(rule=rule).body
+
+
+# --- the admin -----------------------------------------------------------------------------------
+
+
+def test_the_admin_saves_a_template_with_the_settings_link_and_previews_a_stand_in(
+    client, manager_user
+):
+    from django.urls import reverse
+
+    from campaigns.models import Rule
+    from tests.campaigns.test_admin import new_rule_post, preview
+
+    client.force_login(manager_user)
+    body = (
+        "{{ patient.display_name }}您好，{{ appointment.date }} 請回診。設定：{% settings_link %}"
+    )
+
+    saved = client.post(
+        reverse("admin:campaigns_rule_add"), new_rule_post([("sms", "zh-hant", body)])
+    )
+    answer = preview(client, body)
+
+    assert saved.status_code == 302
+    assert Rule.objects.get(name="Test reminder").templates.get().body == body
+    assert answer["ok"] is True
+    assert re.search(r"https://crm\.clinic\.example/p/x{15}/$", answer["text"])

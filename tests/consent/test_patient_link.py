@@ -116,6 +116,7 @@ def test_the_page_shows_a_masked_name_and_the_switches_and_is_audited(client, pa
     assert response.status_code == 200
     assert "王○明" in page and "王小明" not in page
     assert 'name="robots" content="noindex' in page
+    assert response["X-Robots-Tag"].startswith("noindex")
     assert 'name="care:sms" value="on" checked' in page
     assert 'name="care:line" value="on">' in page
     entry = AuditEntry.objects.get()
