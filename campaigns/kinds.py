@@ -488,13 +488,6 @@ def _nothing(language: str, today: date) -> dict[str, Any]:
 # --- LINE link code (sent by staff, never planned) -----------------------------------------------
 
 
-def _line_link(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
-    def expand(row: Row) -> Iterator[Due]:
-        yield from ()
-
-    return Selection(Patient.objects.none(), "id", expand)
-
-
 def _line_link_still_true(message: OutboxMessage) -> str:
     # Keyed "line_link:<code id>" (reminders.linking.line_link_sms_queue).
     code_id = message.occurrence_key.removeprefix("line_link:")
@@ -506,8 +499,12 @@ def _line_link_still_true(message: OutboxMessage) -> str:
     return ""
 
 
+# Kinds whose messages staff queue by hand (the LINE link code, reminders.linking; a message
+# written in the inbox, reminders.inbox), gated like any other: the planner selects nothing.
+NEVER_PLANNED = frozenset({RuleKind.LINE_LINK, RuleKind.STAFF})
+
+
 def _never_planned(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
-    # A message staff wrote (reminders.inbox): queued by hand, gated like any other.
     def expand(row: Row) -> Iterator[Due]:
         yield from ()
 
@@ -575,7 +572,7 @@ KINDS: dict[str, Kind] = {
         sample=_recall_sample,
     ),
     RuleKind.LINE_LINK: Kind(
-        select=_line_link,
+        select=_never_planned,
         fields=(),
         template_fields={},
         context=_birthday_context,

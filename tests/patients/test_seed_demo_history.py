@@ -16,6 +16,7 @@ from django.core.management.color import no_style
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 
+from campaigns.kinds import NEVER_PLANNED
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.policy import is_held_out
 from campaigns.sendwindow import day_bounds, is_open_day
@@ -123,8 +124,8 @@ def test_the_past_has_messages_in_every_status_with_their_attempts(seeded):
 
 def test_every_shipped_rule_has_a_past(seeded):
     with_messages = set(OutboxMessage.objects.values_list("rule__kind", flat=True))
-    # The LINE link code is sent by staff from the patient page, not by a shipped rule.
-    assert with_messages == set(RuleKind.values) - {RuleKind.LINE_LINK}
+    # The LINE link code and staff messages are sent by staff, not by a shipped rule.
+    assert with_messages == set(RuleKind.values) - NEVER_PLANNED
     reasons = set(Skip.objects.values_list("reason", flat=True))
     assert {
         SkipReason.NO_CONSENT,
