@@ -501,7 +501,7 @@ def _line_link_still_true(message: OutboxMessage) -> str:
 
 # Kinds whose messages staff queue by hand (the LINE link code, reminders.linking; a message
 # written in the inbox, reminders.inbox), gated like any other: the planner selects nothing.
-NEVER_PLANNED = frozenset({RuleKind.LINE_LINK, RuleKind.STAFF})
+NEVER_PLANNED = frozenset({RuleKind.LINE_LINK, RuleKind.STAFF, RuleKind.GROUP})
 
 
 def _never_planned(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
@@ -580,6 +580,13 @@ KINDS: dict[str, Kind] = {
         still_true=_line_link_still_true,
     ),
     RuleKind.STAFF: Kind(
+        select=_never_planned,
+        fields=(),
+        template_fields={},
+        context=_birthday_context,
+        sample=_nothing,
+    ),
+    RuleKind.GROUP: Kind(
         select=_never_planned,
         fields=(),
         template_fields={},

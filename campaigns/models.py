@@ -25,6 +25,8 @@ class RuleKind(models.TextChoices):
     LINE_LINK = "line_link", _("LINE link code (sent by staff from the patient page)")
     # Never planned either: a message staff write to one patient (reminders.inbox).
     STAFF = "staff", _("message from staff (written in the inbox or on the patient page)")
+    # Never planned either: one message staff send to a chosen group (reminders.groups).
+    GROUP = "group", _("group message (sent by staff to a chosen group)")
 
 
 class Rule(models.Model):
