@@ -1,11 +1,12 @@
-"""What patients send back: an opt-out, a LINE block, the answer to a confirmation request,
-or the LINE link code from the desk (reminders.linking). Any other text is kept for the staff
-inbox (reminders.inbox).
+"""What patients send back: an opt-out, a LINE block, the answer to a confirmation request (a
+reply code, or a LINE button: reminders.answers), or the LINE link code from the desk
+(reminders.linking). Any other text is kept for the staff inbox (reminders.inbox).
 
 Replies are matched to patients through the blind index of the sender's phone or LINE id (a
 family may share one phone, so all of them). An opt-out takes effect at once, in the ledger.
 """
 
+import logging
 import unicodedata
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -14,11 +15,24 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from campaigns.models import RuleKind
 from consent.models import Action, ConsentState, Purpose, Source
 from consent.services import consent_record, consent_withdraw_all
 from patients.models import Appointment, Patient
+from reminders.answers import (
+    CONFIRMATION_ANSWERS,
+    POSTOP_ANSWERS,
+    Answer,
+    label,
+    postback_parse,
+)
 from reminders.channels.base import Inbound
-from reminders.inbox import inbound_keep
+from reminders.inbox import (
+    POSTOP_ANSWER_WINDOW,
+    POSTOP_CALL_DIGIT,
+    inbound_keep,
+    postop_call_request,
+)
 from reminders.linking import (
     LinkOutcome,
     code_candidates,
@@ -27,6 +41,8 @@ from reminders.linking import (
 )
 from reminders.models import OutboxMessage, StaffTask, Status, WebhookEvent
 from reminders.receipts import webhook_event_record
+
+log = logging.getLogger(__name__)
 
 # What people type to stop texts, in Taiwan and in English.
 STOP_WORDS = {"STOP", "UNSUBSCRIBE", "CANCEL", "取消", "退訂", "停止", "不要再傳"}
@@ -50,6 +66,10 @@ class ReplyOutcome(StrEnum):
     LINK_RATE_LIMITED = LinkOutcome.RATE_LIMITED.value
     GREETED = "greeted"
     KEPT = "kept for the inbox"
+    # LINE buttons (reminders.answers).
+    CALL_REQUESTED = "call requested"
+    ANSWERED = "answered"
+    REFUSED = "refused"
 
 
 def _normalise(text: str) -> str:
@@ -148,6 +168,8 @@ def _apply(
             line_account_follow(patients=patients, following=inbound.kind == "follow", now=now)
     if not patients:
         return ReplyOutcome.IGNORED
+    if inbound.kind == "postback":
+        return _postback(inbound=inbound, patients=patients, event_id=event_id, now=now)
     if inbound.kind == "unfollow":
         for patient in patients:
             _withdraw_channel(
@@ -169,14 +191,24 @@ def _apply(
     request = _answered_request(patients, inbound.channel, now)
     if request is None:
         return ReplyOutcome.IGNORED
+    return _answer_request(
+        request, confirm=text == CONFIRM, via=Appointment.ConfirmedVia.REPLY, now=now
+    )
+
+
+def _answer_request(
+    request: OutboxMessage, *, confirm: bool, via: str, now: datetime
+) -> ReplyOutcome:
+    """Confirm the appointment `request` asked about, or ask staff to call back to change it;
+    the same for a reply code and a LINE button."""
     # The dashboard's "replied" step: the first answer counts, a later change of mind does not
     # move it.
     OutboxMessage.objects.filter(pk=request.pk, replied_at__isnull=True).update(replied_at=now)
-    if text == CONFIRM:
+    if confirm:
         # The appointment the request was about (OutboxMessage.appointment, reversed).
         Appointment.objects.filter(outboxmessage=request, status=Appointment.Status.BOOKED).update(
             status=Appointment.Status.CONFIRMED,
-            confirmed_via=Appointment.ConfirmedVia.REPLY,
+            confirmed_via=via,
             confirmed_at=now,
             updated_at=now,
         )
@@ -188,3 +220,86 @@ def _apply(
         defaults={"patient_id": request.patient_id, "due_on": today, "until": today},
     )
     return ReplyOutcome.CHANGE_REQUESTED
+
+
+# --- LINE buttons --------------------------------------------------------------------------------
+
+
+def _refused(event_id: str, why: str) -> ReplyOutcome:
+    log.info("line postback %s refused: %s", event_id, why)
+    return ReplyOutcome.REFUSED
+
+
+def _postback(
+    *, inbound: Inbound, patients: list[Patient], event_id: str, now: datetime
+) -> ReplyOutcome:
+    """A tapped button: the answer to one message we sent this sender on LINE. One of another
+    patient, unknown, no longer open, or not a message that asks this, changes nothing."""
+    parsed = postback_parse(inbound.postback)
+    if parsed is None:
+        return _refused(event_id, "data not ours")
+    answer, message_id = parsed
+    message = (
+        OutboxMessage.objects.filter(
+            uuid=message_id,
+            channel="line",
+            patient__in=patients,
+            status__in=[Status.SENT, Status.DELIVERED],
+        )
+        .select_related("rule", "patient", "appointment")
+        .first()
+    )
+    if message is None:
+        return _refused(event_id, "no such message sent to this sender")
+    if answer in CONFIRMATION_ANSWERS:
+        return _postback_confirmation(message, answer=answer, event_id=event_id, now=now)
+    if answer in POSTOP_ANSWERS:
+        return _postback_postop(message, inbound, answer=answer, event_id=event_id, now=now)
+    return _refused(event_id, f"message {message.uuid} asks no rating")
+
+
+def _postback_confirmation(
+    message: OutboxMessage, *, answer: Answer, event_id: str, now: datetime
+) -> ReplyOutcome:
+    appointment = message.appointment
+    if not (message.rule.kind == RuleKind.APPOINTMENT and message.rule.asks_confirmation):
+        return _refused(event_id, f"message {message.uuid} asks no confirmation")
+    if (
+        appointment is None
+        or appointment.status not in (Appointment.Status.BOOKED, Appointment.Status.CONFIRMED)
+        or appointment.starts_at <= now
+    ):
+        return _refused(event_id, f"message {message.uuid} is about a past or cancelled visit")
+    return _answer_request(
+        message,
+        confirm=answer == Answer.CONFIRM,
+        via=Appointment.ConfirmedVia.LINE,
+        now=now,
+    )
+
+
+def _postback_postop(
+    message: OutboxMessage, inbound: Inbound, *, answer: Answer, event_id: str, now: datetime
+) -> ReplyOutcome:
+    if message.rule.kind != RuleKind.POSTOP:
+        return _refused(event_id, f"message {message.uuid} is no post-op check-in")
+    if message.sent_at is None or message.sent_at < now - POSTOP_ANSWER_WINDOW:
+        return _refused(event_id, f"message {message.uuid} is too old to answer")
+    OutboxMessage.objects.filter(pk=message.pk, replied_at__isnull=True).update(replied_at=now)
+    if answer == Answer.FINE:
+        return ReplyOutcome.ANSWERED
+    # "Some pain" and "need a call" reach the inbox in the words the patient tapped (what LINE
+    # showed in the chat), and a call is the same task a typed answer makes.
+    said = label(answer, message.patient.preferred_language)
+    inbound_keep(
+        inbound=Inbound(channel="line", kind="text", sender=inbound.sender, text=said),
+        patients=[message.patient],
+        event_id=event_id,
+        now=now,
+    )
+    if answer == Answer.NEED_CALL:
+        postop_call_request(
+            patient=message.patient, channel="line", text=POSTOP_CALL_DIGIT, now=now
+        )
+        return ReplyOutcome.CALL_REQUESTED
+    return ReplyOutcome.ANSWERED

@@ -104,6 +104,9 @@ def _outgoing(message: OutboxMessage) -> OutgoingMessage:
         body=message.body,
         subject=message.subject,
         html_body=html,
+        rule_kind=message.rule.kind,
+        asks_confirmation=message.rule.asks_confirmation,
+        language=message.patient.preferred_language,
     )
 
 

@@ -20,6 +20,12 @@ class OutgoingMessage:
     body: str
     subject: str = ""  # e-mail only
     html_body: str = ""  # e-mail only
+    # What the message is, for channels that offer tap answers (LINE buttons and quick
+    # replies, reminders.channels.line): its rule's kind, whether it asks to confirm, and the
+    # patient's language for the button labels.
+    rule_kind: str = ""
+    asks_confirmation: bool = False
+    language: str = ""
 
 
 class ChannelError(Exception):
@@ -82,8 +88,10 @@ class Inbound:
     """Something a patient did on a channel, as our code sees it, whatever the provider."""
 
     channel: str  # "sms" or "line"
-    kind: str  # "text", "unfollow" (LINE: blocked us) or "follow"
+    kind: str  # "text", "unfollow" (LINE: blocked us), "follow" or "postback" (LINE: a button)
     sender: str  # E.164 phone or LINE user id
     text: str = ""
     # LINE: the event's replyToken, for one free answer within a minute ("" when none).
     reply_token: str = ""
+    # LINE postback: the tapped button's data (reminders.answers), already bounded in length.
+    postback: str = ""

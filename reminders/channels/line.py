@@ -18,8 +18,16 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
     ApiClient,
     ApiException,
     Configuration,
+    FlexBox,
+    FlexBubble,
+    FlexButton,
+    FlexMessage,
+    FlexText,
     MessagingApi,
+    PostbackAction,
     PushMessageRequest,
+    QuickReply,
+    QuickReplyItem,
     ReplyMessageRequest,
     TextMessage,
 )
@@ -27,11 +35,21 @@ from linebot.v3.webhooks import (  # type: ignore[import-untyped]
     Event,
     FollowEvent,
     MessageEvent,
+    PostbackEvent,
     UnfollowEvent,
     UserSource,
 )
 
 from campaigns.templating import LINE_MAX_TEXT_UNITS
+from reminders.answers import (
+    CONFIRMATION_ANSWERS,
+    MAX_DATA_CHARS,
+    POSTOP_ANSWERS,
+    RATING_ANSWERS,
+    Answer,
+    label,
+    postback_data,
+)
 
 from .base import Channel, ChannelError, Inbound, InvalidSignature, OutgoingMessage
 
@@ -71,7 +89,7 @@ class LineChannel(Channel):
         # urllib3 would otherwise retry a failed connection three times inside this call; the
         # outbox owns retries and their backoff.
         configuration.retries = 0
-        request = PushMessageRequest(to=message.to, messages=[TextMessage(text=message.body)])
+        request = PushMessageRequest(to=message.to, messages=[line_message(message)])
         try:
             with ApiClient(configuration) as api_client:
                 response = MessagingApi(api_client).push_message_with_http_info(
@@ -93,6 +111,57 @@ class LineChannel(Channel):
             return message_id
         request_id: str = (response.headers or {}).get("x-line-request-id", "")
         return request_id
+
+
+# The rule kinds whose LINE messages carry tap answers, and how (campaigns.models.RuleKind
+# values; a confirmation request is an appointment rule that asks to confirm). The SMS and
+# e-mail texts of the same messages keep their reply codes.
+QUICK_REPLIES: dict[str, tuple[Answer, ...]] = {
+    "postop": POSTOP_ANSWERS,
+    "visit_survey": RATING_ANSWERS,
+}
+# LINE shows altText in notifications and chat lists, up to 1,500 characters for Flex.
+MAX_ALT_TEXT_CHARS = 1500
+
+
+def answers_for(message: OutgoingMessage) -> tuple[tuple[Answer, ...], bool]:
+    """The answers `message` offers on LINE, and whether as buttons under the text (a Flex
+    bubble) rather than quick replies; no answers for a message that asks nothing."""
+    if message.rule_kind == "appointment" and message.asks_confirmation:
+        return CONFIRMATION_ANSWERS, True
+    return QUICK_REPLIES.get(message.rule_kind, ()), False
+
+
+def _action(answer: Answer, message: OutgoingMessage) -> Any:
+    text = label(answer, message.language)
+    return PostbackAction(label=text, data=postback_data(answer, message.id), display_text=text)
+
+
+def line_message(message: OutgoingMessage) -> Any:
+    """The SDK message for `message`: its text, with the buttons or quick replies its rule kind
+    offers (answers_for). A button's postback names the answer and the message's UUID only."""
+    answers, as_buttons = answers_for(message)
+    if not answers:
+        return TextMessage(text=message.body)
+    if not as_buttons:
+        items = [QuickReplyItem(action=_action(answer, message)) for answer in answers]
+        return TextMessage(text=message.body, quick_reply=QuickReply(items=items))
+    # A buttons template would cut the text at 160 characters; a Flex bubble shows it whole.
+    buttons = [
+        FlexButton(
+            action=_action(answer, message),
+            style="primary" if index == 0 else "secondary",
+            height="sm",
+        )
+        for index, answer in enumerate(answers)
+    ]
+    return FlexMessage(
+        alt_text=message.body[:MAX_ALT_TEXT_CHARS],
+        contents=FlexBubble(
+            body=FlexBox(layout="vertical", contents=[FlexText(text=message.body, wrap=True)]),
+            footer=FlexBox(layout="vertical", spacing="sm", contents=buttons),
+        ),
+    )
 
 
 def reply_text(reply_token: str, text: str) -> bool:
@@ -222,6 +291,7 @@ _KINDS: dict[str, type[Event]] = {
     "unfollow": UnfollowEvent,
     "follow": FollowEvent,
     "message": MessageEvent,
+    "postback": PostbackEvent,
 }
 
 
@@ -230,7 +300,7 @@ def _event(index: int, raw: object) -> LineEvent | None:
         raise ValueError(f"event {index} is not an object")
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in _KINDS:
-        return None  # a type we don't act on (postback, join, and types LINE adds later)
+        return None  # a type we don't act on (join, and types LINE adds later)
     content = raw.get("message")
     if kind == "message" and not (isinstance(content, dict) and content.get("type") == "text"):
         return None  # a sticker, a photo, or a message type newer than this SDK
@@ -253,6 +323,16 @@ def _event(index: int, raw: object) -> LineEvent | None:
         inbound = Inbound(channel="line", kind="unfollow", sender=user_id)
     elif isinstance(event, FollowEvent):
         inbound = Inbound(channel="line", kind="follow", sender=user_id, reply_token=reply_token)
+    elif isinstance(event, PostbackEvent):
+        data = event.postback.data if isinstance(event.postback.data, str) else ""
+        inbound = Inbound(
+            channel="line",
+            kind="postback",
+            sender=user_id,
+            # Longer than any data we put on a button: not ours, and not worth reading.
+            postback=data if len(data) <= MAX_DATA_CHARS else "",
+            reply_token=reply_token,
+        )
     else:
         inbound = Inbound(
             channel="line",
