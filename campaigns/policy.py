@@ -48,7 +48,7 @@ from consent.selectors import (
 )
 from patients.models import Appointment, ClinicProfile, Patient, age_on
 from reminders.channels.base import channel_configured
-from reminders.models import InboundMessage, OutboxMessage, Status
+from reminders.models import GroupSend, InboundMessage, OutboxMessage, Status
 
 CAP_WINDOW = timedelta(days=30)
 # A staff message written within this long after the patient's own message on that channel
@@ -351,7 +351,8 @@ def send_decision(*, message: OutboxMessage, now: datetime, profile: ClinicProfi
     if is_held_out(message.rule, message.patient_id):
         # The share was raised after this was queued: it stays out of the comparison group.
         return _drop(SkipReason.HOLDOUT)
-    opens = fit(now, message.expires_at, profile)
+    urgent = is_urgent(message)
+    opens = _opens(now, message.expires_at, profile, urgent=urgent)
     if opens is None:
         return _drop(SkipReason.STALE)
     if opens > now:
@@ -364,11 +365,30 @@ def send_decision(*, message: OutboxMessage, now: datetime, profile: ClinicProfi
     )
     if last and now < last + gap:
         # One message at a time: the next waits, in priority order, instead of piling up.
-        after_gap = fit(last + gap, message.expires_at, profile)
+        after_gap = _opens(last + gap, message.expires_at, profile, urgent=urgent)
         if after_gap is None:
             return _drop(SkipReason.STALE)
         return Verdict(Action.WAIT, until=after_gap)
     return SEND
+
+
+def is_urgent(message: OutboxMessage) -> bool:
+    """Whether `message` belongs to a group message staff marked urgent (only a doctor's
+    patients of the same day, reminders.groups): it goes outside the send window."""
+    if message.rule.kind != RuleKind.GROUP:
+        return False
+    send_id = message.occurrence_key.removeprefix("group:")
+    return GroupSend.objects.filter(
+        pk=int(send_id) if send_id.isdigit() else 0, urgent=True
+    ).exists()
+
+
+def _opens(
+    moment: datetime, expires: datetime, profile: ClinicProfile, *, urgent: bool
+) -> datetime | None:
+    if urgent:
+        return moment if moment < expires else None
+    return fit(moment, expires, profile)
 
 
 def _drop(code: SkipReason) -> Verdict:

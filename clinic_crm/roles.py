@@ -26,6 +26,10 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "reminders.change_inboundmessage",
         "reminders.send_staff_message",
         "reminders.view_snippet",
+        # Group messages: the front desk only to a doctor's patients of one day ("the doctor
+        # is 30 minutes late"); a segment (age, condition, …) is the manager's.
+        "reminders.view_groupsend",
+        "reminders.send_day_group_message",
     ],
 }
 ROLE_PERMISSIONS[CLINIC_MANAGER] = [
@@ -43,6 +47,7 @@ ROLE_PERMISSIONS[CLINIC_MANAGER] = [
     ),
     "reminders.change_outboxmessage",  # settle messages whose outcome is unknown
     *(f"reminders.{verb}_snippet" for verb in ("add", "change", "delete")),
+    "reminders.send_group_message",
 ]
 
 

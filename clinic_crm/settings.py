@@ -227,6 +227,10 @@ RETAIN_SKIPS_DAYS = int(env_str("RETAIN_SKIPS_DAYS", "400"))
 # The words patients wrote to the clinic (the staff inbox) are blanked this many days after they
 # came; the row stays (who wrote when, on which channel). 0 keeps them.
 RETAIN_INBOX_TEXT_DAYS = int(env_str("RETAIN_INBOX_TEXT_DAYS", "180"))
+# Group messages (reminders.groups, the desk's group page): a bigger group is refused; the
+# confirm step's signed token is good this many minutes.
+GROUP_MESSAGE_MAX = int(env_str("GROUP_MESSAGE_MAX", "2000"))
+GROUP_CONFIRM_MINUTES = int(env_str("GROUP_CONFIRM_MINUTES", "30"))
 # /healthz answers 503 when the worker has not planned or dispatched for this long, or a
 # message due has waited this long (clinic_crm/health.py). In minutes.
 HEALTH_MAX_PLANNER_AGE = timedelta(minutes=int(env_str("HEALTH_MAX_PLANNER_MINUTES", "30")))

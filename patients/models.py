@@ -617,6 +617,8 @@ class AuditEntry(AppendOnlyModel):
         IMPORT = "import", _("imported")
         # The patient changed their own settings (consent/patient_link.py): no staff member.
         CHANGE = "change", _("changed")
+        # A group message (reminders.groups): the group's definition and counts, no patients.
+        SEND = "send", _("sent a group message")
 
     at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)
     actor = models.ForeignKey(

@@ -492,3 +492,51 @@ class Snippet(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class GroupSend(models.Model):
+    """One message staff sent to a chosen group (reminders.groups): the group's definition, the
+    text, the counts shown on the confirm step and how many were queued. One row per signed
+    confirmation (token_hash), and its outbox rows share the occurrence key `group:<id>`, so
+    the same confirmation queues nothing twice."""
+
+    class Kind(models.TextChoices):
+        DAY = "day", _("a doctor's patients on one day")
+        SEGMENT = "segment", _("a segment of patients")
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    kind = models.CharField(_("group"), max_length=8, choices=Kind.choices)
+    # The filters as chosen (doctor, day, ages, …): names of the clinic's own, no patient data.
+    definition = models.JSONField(_("definition"), default=dict)
+    body = EncryptedTextField(_("text"))
+    purpose = models.CharField(_("purpose"), max_length=16, choices=Purpose.choices)
+    urgent = models.BooleanField(_("urgent"), default=False)
+    # {"sms": 3, "line": 5, "no_consent": 2, …} as shown on the confirm step.
+    counts = models.JSONField(_("counts"), default=dict)
+    queued = models.PositiveIntegerField(_("queued"), default=0)
+    # A hash of the signed confirmation: a double click or a resubmit finds this row.
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("staff member"),
+    )
+    created_at = models.DateTimeField(_("sent at"))
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("group message")
+        verbose_name_plural = _("group messages")
+        permissions = [
+            ("send_group_message", "Can send a message to any group of patients"),
+            ("send_day_group_message", "Can send a message to a doctor's patients of one day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.created_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def occurrence_key(self) -> str:
+        # campaigns.policy.is_urgent reads the id back.
+        return f"group:{self.pk}"
