@@ -1,9 +1,9 @@
 """The front desk's own pages (not the admin): the day, the tasks, a patient's LINE link, the
-inbox."""
+inbox, group messages."""
 
 from django.urls import path
 
-from desk import inbox, line_link, tasks, views
+from desk import groups, inbox, line_link, tasks, views
 
 app_name = "desk"
 urlpatterns = [
@@ -23,6 +23,10 @@ urlpatterns = [
         inbox.unknown_sender,
         name="inbox_unknown",
     ),
+    path("groups/", groups.groups, name="groups"),
+    path("groups/preview/", groups.preview, name="group_preview"),
+    path("groups/send/", groups.send, name="group_send"),
+    path("groups/<int:pk>/", groups.sent, name="group_sent"),
     path("tasks/", tasks.task_list, name="tasks"),
     path("tasks/<int:pk>/<slug:action>/", tasks.task_action, name="task_action"),
 ]
