@@ -299,7 +299,7 @@ def test_a_tampered_or_expired_confirmation_is_refused(tomorrows, manager_user, 
 
     with pytest.raises(GroupRefused):
         send(shown.token[:-2] + "xx", manager_user)
-    with pytest.raises(GroupRefused, match="expired"):
+    with pytest.raises(GroupRefused, match="expired|逾時"):
         send(shown.token, manager_user, at=NOW + dt.timedelta(minutes=31))
     assert not OutboxMessage.objects.exists()
 
