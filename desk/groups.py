@@ -51,7 +51,9 @@ def _body_field() -> forms.CharField:
 
 
 class DayGroupForm(forms.Form):
-    day = forms.DateField(label=gettext_lazy("Day"), widget=forms.DateInput(attrs={"type": "date"}))
+    day = forms.DateField(
+        label=gettext_lazy("Day"), widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
+    )
     doctor = forms.CharField(
         label=gettext_lazy("Doctor"),
         max_length=60,
@@ -97,12 +99,12 @@ class SegmentForm(forms.Form):
     visited_after = forms.DateField(
         label=gettext_lazy("Last visit on or after"),
         required=False,
-        widget=forms.DateInput(attrs={"type": "date"}),
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
     )
     visited_before = forms.DateField(
         label=gettext_lazy("Last visit before"),
         required=False,
-        widget=forms.DateInput(attrs={"type": "date"}),
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
     )
     purpose = forms.ChoiceField(
         label=gettext_lazy("What the message is for (the patient's consent for it decides)"),
