@@ -385,3 +385,28 @@ def test_withdrawn_after_the_send_the_gate_still_stops_it(tomorrows, manager_use
     dispatch(NOW + dt.timedelta(minutes=1))
 
     assert len(memory_channels) == 3
+
+
+def test_the_counts_are_one_aggregate_query_whatever_the_group_size(
+    tomorrows, django_assert_max_num_queries
+):
+    group_rule(Purpose.CARE)  # made once, on the first use
+    for _ in range(20):
+        patient = PatientFactory()
+        grant(patient)
+        booked(patient)
+
+    with django_assert_max_num_queries(2):  # the group's rule, then the counts
+        counts = group_counts(day_group(), purpose=Purpose.CARE, now=NOW)
+
+    assert counts.channels["sms"] == 23
+
+
+def test_a_group_is_queued_page_by_page(tomorrows, manager_user, monkeypatch):
+    import reminders.groups
+
+    monkeypatch.setattr(reminders.groups, "BATCH", 3)  # 4 patients: two pages
+
+    group, _ = send(preview().token, manager_user)
+
+    assert group.queued == 4 and OutboxMessage.objects.count() == 4
