@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -25,7 +26,7 @@ from patients.models import (
     RefillWindow,
     Visit,
 )
-from reminders.models import LineLinkCode, OutboxMessage
+from reminders.models import LineLinkCode, OutboxMessage, Status
 
 Row = Mapping[str, Any]
 Refs = Mapping[str, Any]  # "appointment" → Appointment, … as loaded for a due message
@@ -485,6 +486,85 @@ def _nothing(language: str, today: date) -> dict[str, Any]:
     return {}
 
 
+# --- how was your visit? -----------------------------------------------------------------------
+
+# A survey counts as asked once it is queued or has gone (or may have gone) out; a dropped or
+# failed one did not ask.
+SURVEY_ASKED = [Status.QUEUED, Status.SENDING, Status.SENT, Status.DELIVERED, Status.UNKNOWN]
+
+
+def survey_asked_since(send_at: datetime) -> datetime:
+    """Surveys due after this moment keep a patient from being asked again at `send_at`."""
+    return send_at - timedelta(days=settings.SURVEY_MIN_DAYS)
+
+
+def _visit_survey(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Selection:
+    # Visits `offsets` days ago, one per patient and day (the first recorded), of patients not
+    # asked in the last SURVEY_MIN_DAYS: all in SQL. A Visit is an attended visit.
+    visit_days = {today - timedelta(days=o): o for o in rule.offsets}
+    send_at, expires = at_local(today, rule.send_time), day_bounds(today)[1]
+    asked = OutboxMessage.objects.filter(
+        patient_id=OuterRef("patient_id"),
+        rule__kind=RuleKind.VISIT_SURVEY,
+        status__in=SURVEY_ASKED,
+        due_at__gt=survey_asked_since(send_at),
+    )
+    same_day_before = Visit.objects.filter(
+        patient_id=OuterRef("patient_id"), visited_on=OuterRef("visited_on"), id__lt=OuterRef("id")
+    )
+    rows = (
+        Visit.objects.filter(visited_on__in=list(visit_days))
+        .filter(~Exists(same_day_before), ~Exists(asked))
+        .annotate(
+            visit_id=F("id"),
+            visited=F("visited_on"),
+            visit_department=F("department"),
+            visit_doctor=F("doctor"),
+        )
+    )
+
+    def expand(row: Row) -> Iterator[Due]:
+        yield Due(row, f"survey:visit:{row['visit_id']}", send_at, expires)
+
+    return Selection(rows, "patient_id", expand)
+
+
+def _visit_survey_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
+    return {
+        "visit": {
+            "date": format_date(due.row["visited"], language),
+            "department": due.row.get("visit_department", ""),
+            "doctor": due.row.get("visit_doctor", ""),
+        }
+    }
+
+
+def _visit_survey_sample(language: str, today: date) -> dict[str, Any]:
+    zh = _zh(language)
+    return {
+        "visit": {
+            "date": format_date(today - timedelta(days=1), language),
+            "department": "家醫科" if zh else "Family medicine",
+            "doctor": "王醫師" if zh else "Dr Wang",
+        }
+    }
+
+
+def _visit_survey_still_true(message: OutboxMessage) -> str:
+    # Two visits on two offsets' days may both be due in one pass: the first asks.
+    asked = (
+        OutboxMessage.objects.filter(
+            patient_id=message.patient_id,
+            rule__kind=RuleKind.VISIT_SURVEY,
+            status__in=[Status.SENDING, Status.SENT, Status.DELIVERED, Status.UNKNOWN],
+            due_at__gt=survey_asked_since(message.due_at),
+        )
+        .exclude(pk=message.pk)
+        .exists()
+    )
+    return _("asked how a visit was lately") if asked else ""
+
+
 # --- LINE link code (sent by staff, never planned) -----------------------------------------------
 
 
@@ -570,6 +650,14 @@ KINDS: dict[str, Kind] = {
         template_fields={"visit": ("last_date", "department")},
         context=_recall_context,
         sample=_recall_sample,
+    ),
+    RuleKind.VISIT_SURVEY: Kind(
+        select=_visit_survey,
+        fields=("visit_id", "visited", "visit_department", "visit_doctor"),
+        template_fields={"visit": ("date", "department", "doctor")},
+        context=_visit_survey_context,
+        sample=_visit_survey_sample,
+        still_true=_visit_survey_still_true,
     ),
     RuleKind.LINE_LINK: Kind(
         select=_never_planned,

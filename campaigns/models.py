@@ -20,6 +20,7 @@ class RuleKind(models.TextChoices):
     REFILL_CLOSES = "refill_closes", _("chronic refill (days from the pickup window closing)")
     APPOINTMENT = "appointment", _("return visit (days from the appointment)")
     RECALL = "recall", _("recall (days after the last visit, none booked)")
+    VISIT_SURVEY = "visit_survey", _("how was your visit? (days after an attended visit)")
     # Never planned: staff send it from the LINE link page (reminders.linking), through the
     # outbox and its gate like any message.
     LINE_LINK = "line_link", _("LINE link code (sent by staff from the patient page)")

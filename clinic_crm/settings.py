@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "reminders",
     "desk",
     "dashboard",
+    "surveys",
 ]
 
 MIDDLEWARE = [
@@ -210,6 +211,10 @@ LINE_LINK_CODE_HOURS = int(env_str("LINE_LINK_CODE_HOURS", "24"))
 # The settings link in a message ({% settings_link %}) works this many days after the message
 # was planned (consent/patient_link.py).
 PATIENT_LINK_DAYS = int(env_str("PATIENT_LINK_DAYS", "30"))
+# How was your visit? (campaigns.kinds VISIT_SURVEY): a patient is asked at most once in this
+# many days, and a rating at or below SURVEY_LOW_RATING (1-5) lands in the inbox as feedback.
+SURVEY_MIN_DAYS = int(env_str("SURVEY_MIN_DAYS", "90"))
+SURVEY_LOW_RATING = int(env_str("SURVEY_LOW_RATING", "2"))
 # Sends per second per channel, all workers together ("sms=30,line=200,email=20").
 CHANNEL_RATE_LIMITS = {
     name.strip(): float(rate)

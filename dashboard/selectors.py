@@ -36,6 +36,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import (
+    Avg,
     Case,
     Count,
     Exists,
@@ -62,6 +63,7 @@ from dashboard.stats import Effect, relative_risk
 from patients.imports.feed import failed_import_runs
 from patients.models import Appointment, RefillWindow, Visit
 from reminders.models import OutboxMessage, StaffTask, Status
+from surveys.models import VisitRating
 
 APPOINTMENT_KINDS = {RuleKind.APPOINTMENT}
 REFILL_KINDS = {RuleKind.REFILL_OPENS, RuleKind.REFILL_CLOSES}
@@ -656,6 +658,46 @@ def opt_outs(f: Filters) -> list[tuple[str, str, int, int]]:
         for channel in Channel.values
         if (purpose, channel) in out or (purpose, channel) in now
     ]
+
+
+@dataclass(frozen=True)
+class RatingRow:
+    """Visit ratings of one group (a week, a department, a doctor): how many, and their mean."""
+
+    week: date | None
+    department: str
+    doctor: str
+    count: int
+    average: float | None
+
+
+def visit_ratings(f: Filters) -> tuple[list[RatingRow], list[RatingRow]]:
+    """How was your visit? (surveys): the count and mean rating per department and doctor over
+    the range, and per week and department; two aggregates. A rating is in the range by when it
+    was given, and in a department or doctor by the visit it rates (not by the patient's other
+    visits); rule and channel are the survey message's."""
+    rows = VisitRating.objects.filter(rated_at__gte=f.start_at, rated_at__lt=f.end_at)
+    where = {k: v for k, v in (("department", f.department), ("doctor", f.doctor)) if v}
+    rows = rows.filter(**where)
+    if f.channel:
+        rows = rows.filter(channel=f.channel)
+    if f.rule_id:
+        rows = rows.filter(message__rule_id=f.rule_id)
+    rows = rows.order_by()
+    by_doctor = [
+        RatingRow(None, r["department"], r["doctor"], r["n"], r["mean"])
+        for r in rows.values("department", "doctor")
+        .annotate(n=Count("id"), mean=Avg("rating"))
+        .order_by("department", "doctor")
+    ]
+    by_week = [
+        RatingRow(_week(r["week"]), r["department"], "", r["n"], r["mean"])
+        for r in rows.annotate(week=TruncWeek("rated_at"))
+        .values("week", "department")
+        .annotate(n=Count("id"), mean=Avg("rating"))
+        .order_by("week", "department")
+    ]
+    return by_doctor, by_week
 
 
 # --- 4. cost and quota --------------------------------------------------------------------------

@@ -209,6 +209,31 @@ def opt_out_table(trends: selectors.Trends) -> Table:
     return Table("opt_out", _("Opt-outs per channel and purpose"), header, body)
 
 
+def _mean(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def rating_tables(f: Filters) -> tuple[Table, Table]:
+    """How was your visit?: per department and doctor, and per week and department."""
+    by_doctor, by_week = selectors.visit_ratings(f)
+    doctors = Table(
+        "ratings",
+        _("Visit ratings per department and doctor"),
+        [_("Department"), _("Doctor"), _("Ratings"), _("Average (1-5)")],
+        [[r.department, r.doctor, r.count, _mean(r.average)] for r in by_doctor],
+    )
+    weeks = Table(
+        "ratings_weekly",
+        _("Visit ratings per week and department"),
+        [_("Week of"), _("Department"), _("Ratings"), _("Average (1-5)")],
+        [
+            [r.week.isoformat() if r.week else "", r.department, r.count, _mean(r.average)]
+            for r in by_week
+        ],
+    )
+    return doctors, weeks
+
+
 def cost_table(costs: selectors.Costs) -> Table:
     header = [
         _("Rule"),
@@ -267,3 +292,5 @@ BUILDERS["weekly"] = lambda f: weekly_table(selectors.trends(f))
 BUILDERS["delivery"] = lambda f: delivery_table(selectors.trends(f))
 BUILDERS["opt_out"] = lambda f: opt_out_table(selectors.trends(f))
 BUILDERS["cost"] = lambda f: cost_table(selectors.costs(f, selectors.rules_all()))
+BUILDERS["ratings"] = lambda f: rating_tables(f)[0]
+BUILDERS["ratings_weekly"] = lambda f: rating_tables(f)[1]

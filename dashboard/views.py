@@ -214,6 +214,7 @@ def _page(f: Filters) -> dict[str, Any]:
     trends = selectors.trends(f, steps=steps)
     costs = selectors.costs(f, rules)
     departments, doctors = selectors.departments_and_doctors()
+    ratings, ratings_weekly = tables.rating_tables(f)
     return {
         "f": f,
         "ranges": RANGE_LABELS.items(),
@@ -227,6 +228,8 @@ def _page(f: Filters) -> dict[str, Any]:
         "weekly": tables.weekly_table(trends),
         "delivery": tables.delivery_table(trends),
         "opt_out": tables.opt_out_table(trends),
+        "ratings": ratings,
+        "ratings_weekly": ratings_weekly,
         "charts": _charts(trends),
         "costs": costs,
         "cost": tables.cost_table(costs),

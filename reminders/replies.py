@@ -25,6 +25,7 @@ from reminders.answers import (
     Answer,
     label,
     postback_parse,
+    rating_of,
 )
 from reminders.channels.base import Inbound
 from reminders.inbox import (
@@ -41,6 +42,13 @@ from reminders.linking import (
 )
 from reminders.models import OutboxMessage, StaffTask, Status, WebhookEvent
 from reminders.receipts import webhook_event_record
+from surveys.services import (
+    RATING_DIGITS,
+    survey_comment,
+    survey_is_open,
+    survey_open,
+    survey_rate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,9 @@ class ReplyOutcome(StrEnum):
     CALL_REQUESTED = "call requested"
     ANSWERED = "answered"
     REFUSED = "refused"
+    # How was your visit? (surveys.services)
+    RATED = "rated"
+    COMMENTED = "commented"
 
 
 def _normalise(text: str) -> str:
@@ -147,6 +158,9 @@ def reply_handle(
     if inbound.kind == "text" and done in KEPT_AFTER:
         kept = inbound_keep(inbound=inbound, patients=patients, event_id=event_id, now=now)
         if kept is not None and done == ReplyOutcome.IGNORED:
+            # A text after a visit rating is its comment (and stays in the inbox as feedback).
+            if survey_comment(kept=kept, now=now) is not None:
+                return ReplyOutcome.COMMENTED
             return ReplyOutcome.KEPT
     return done
 
@@ -186,9 +200,23 @@ def _apply(
                 patient, channel=inbound.channel, source=source, evidence=f"replied {text}"
             )
         return ReplyOutcome.OPTED_OUT
-    if text not in (CONFIRM, CHANGE):
-        return ReplyOutcome.IGNORED
-    request = _answered_request(patients, inbound.channel, now)
+    request = (
+        _answered_request(patients, inbound.channel, now) if text in (CONFIRM, CHANGE) else None
+    )
+    if text in RATING_DIGITS:
+        # A digit answers whichever was asked last: a confirmation request or a survey.
+        survey = survey_open(patients=patients, channel=inbound.channel, now=now)
+        if survey is not None and (
+            request is None or (survey.sent_at or now) > (request.sent_at or now)
+        ):
+            survey_rate(
+                message=survey,
+                rating=RATING_DIGITS[text],
+                sender=inbound.sender,
+                event_id=event_id,
+                now=now,
+            )
+            return ReplyOutcome.RATED
     if request is None:
         return ReplyOutcome.IGNORED
     return _answer_request(
@@ -255,7 +283,13 @@ def _postback(
         return _postback_confirmation(message, answer=answer, event_id=event_id, now=now)
     if answer in POSTOP_ANSWERS:
         return _postback_postop(message, inbound, answer=answer, event_id=event_id, now=now)
-    return _refused(event_id, f"message {message.uuid} asks no rating")
+    rating = rating_of(answer)
+    if rating is None or message.rule.kind != RuleKind.VISIT_SURVEY:
+        return _refused(event_id, f"message {message.uuid} asks no rating")
+    if not survey_is_open(message, now=now):
+        return _refused(event_id, f"survey {message.uuid} rated already or too old")
+    survey_rate(message=message, rating=rating, sender=inbound.sender, event_id=event_id, now=now)
+    return ReplyOutcome.RATED
 
 
 def _postback_confirmation(

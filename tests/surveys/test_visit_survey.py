@@ -1,0 +1,280 @@
+"""How was your visit? (issue 10, item 6): the survey kind selects attended visits its offset
+ago, one per patient and day, never a patient asked within SURVEY_MIN_DAYS (in SQL, at the
+planner); the answer comes as a LINE quick reply or an SMS digit, a text after it is its
+comment, and low ratings and comments reach the inbox as feedback."""
+
+import datetime as dt
+import uuid
+
+import pytest
+import time_machine
+
+from campaigns.models import Rule, RuleKind
+from consent.models import Channel, Purpose
+from patients.models import Appointment
+from reminders.models import InboundMessage, OutboxMessage, Status
+from reminders.services import messages_dispatch
+from surveys.models import VisitRating
+from surveys.services import feedback_ids
+from tests.factories import AppointmentFactory, PatientFactory, VisitFactory, grant
+from tests.helpers import only, plan, taipei
+from tests.reminders.inbound import line_event, line_post, line_text, provider_settings, sms_from
+from tests.reminders.test_line_buttons import _nested_violations
+
+pytestmark = pytest.mark.django_db
+NOW = taipei(2026, 3, 10, 9, 0)  # a Tuesday; the survey goes out at 10:00
+TODAY = NOW.date()
+SEND_AT = taipei(2026, 3, 10, 10, 0)
+PHONE = "+886912345678"
+LINE_ID = "U" + "5" * 32
+
+
+@pytest.fixture(autouse=True)
+def frozen(settings, clinic):
+    provider_settings(settings)
+    with time_machine.travel(NOW, tick=False):
+        yield
+
+
+@pytest.fixture
+def survey():
+    rule = only("就診滿意度")
+    assert rule is not None and rule.kind == RuleKind.VISIT_SURVEY and not rule.enabled
+    rule.enabled = True  # shipped switched off
+    rule.save()
+    return rule
+
+
+def consenting(**fields):
+    patient = PatientFactory(**fields)
+    for channel in (Channel.SMS, Channel.LINE):
+        grant(patient, Purpose.RELATIONSHIP, channel)
+    return patient
+
+
+def planned(rule):
+    return OutboxMessage.objects.filter(rule=rule)
+
+
+def asked(rule, patient, due_at, status=Status.SENT):
+    return OutboxMessage.objects.create(
+        rule=rule,
+        patient=patient,
+        occurrence_key=f"survey:visit:{uuid.uuid4().int % 10**6}",
+        purpose=Purpose.RELATIONSHIP,
+        channel="sms",
+        due_at=due_at,
+        next_attempt_at=due_at,
+        expires_at=due_at + dt.timedelta(hours=12),
+        body="…",
+        status=status,
+        sent_at=due_at if status == Status.SENT else None,
+    )
+
+
+# --- who is asked ----------------------------------------------------------------------------
+
+
+def test_attended_visits_a_day_ago_are_asked_once_per_patient_and_day(survey):
+    yesterday = TODAY - dt.timedelta(days=1)
+    visited = consenting()
+    first = VisitFactory(patient=visited, visited_on=yesterday, doctor="王醫師")
+    VisitFactory(patient=visited, visited_on=yesterday, department="眼科")  # same day: once
+    VisitFactory(patient=consenting(), visited_on=TODAY - dt.timedelta(days=2))  # not the offset
+    VisitFactory(patient=consenting(), visited_on=TODAY)  # today: tomorrow's
+    # Booked, cancelled or a no-show yesterday: no visit was recorded, nothing to ask about.
+    for status in (Appointment.Status.BOOKED, Appointment.Status.NO_SHOW):
+        AppointmentFactory(patient=consenting(), starts_at=taipei(2026, 3, 9, 10, 0), status=status)
+
+    plan(NOW)
+
+    [message] = planned(survey)
+    assert (message.patient, message.occurrence_key) == (visited, f"survey:visit:{first.pk}")
+    assert message.due_at == SEND_AT
+    assert "王醫師" in message.body and "1 到 5" in message.body
+
+
+@pytest.mark.parametrize(
+    ("days_ago", "status", "asked_again"),
+    [
+        (89, Status.SENT, False),
+        (90, Status.SENT, True),  # the boundary: SURVEY_MIN_DAYS after the last one, again
+        (30, Status.QUEUED, False),
+        (30, Status.DROPPED, True),  # dropped by the gate: never asked
+        (30, Status.FAILED, True),
+    ],
+)
+def test_a_patient_is_asked_at_most_once_per_period(survey, days_ago, status, asked_again):
+    patient = consenting()
+    VisitFactory(patient=patient, visited_on=TODAY - dt.timedelta(days=1))
+    before = asked(survey, patient, SEND_AT - dt.timedelta(days=days_ago), status)
+
+    plan(NOW)
+
+    assert planned(survey).exclude(pk=before.pk).exists() == asked_again
+
+
+def test_the_period_is_a_setting(survey, settings):
+    settings.SURVEY_MIN_DAYS = 30
+    patient = consenting()
+    VisitFactory(patient=patient, visited_on=TODAY - dt.timedelta(days=1))
+    asked(survey, patient, SEND_AT - dt.timedelta(days=45))
+
+    plan(NOW)
+
+    assert planned(survey).count() == 2
+
+
+def test_planning_twice_queues_nothing_more(survey):
+    VisitFactory(patient=consenting(), visited_on=TODAY - dt.timedelta(days=1))
+
+    plan(NOW)
+    plan(NOW + dt.timedelta(hours=2))
+
+    assert planned(survey).count() == 1
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def patient():
+    return consenting(phone=PHONE, line_user_id=LINE_ID)
+
+
+def sent_survey(rule, patient, channel, *, hours_ago=2, visit=None):
+    visit = visit or VisitFactory(
+        patient=patient, visited_on=TODAY - dt.timedelta(days=1), department="眼科", doctor="林醫師"
+    )
+    at = NOW - dt.timedelta(hours=hours_ago)
+    return OutboxMessage.objects.create(
+        rule=rule,
+        patient=patient,
+        occurrence_key=f"survey:visit:{visit.pk}",
+        purpose=Purpose.RELATIONSHIP,
+        channel=channel,
+        due_at=at,
+        next_attempt_at=at,
+        expires_at=at + dt.timedelta(hours=12),
+        body="這次看診您滿意嗎？請回覆 1 到 5 分",
+        status=Status.SENT,
+        sent_at=at,
+    )
+
+
+def tap(client, data):
+    event = line_event("postback", LINE_ID, replyToken=uuid.uuid4().hex, postback={"data": data})
+    assert line_post(client, event).status_code == 200
+    return event
+
+
+def test_the_survey_goes_out_on_line_with_quick_replies_1_to_5(survey, patient, fake_line):
+    message = sent_survey(survey, patient, "line")
+    OutboxMessage.objects.filter(pk=message.pk).update(status=Status.QUEUED, sent_at=None)
+
+    with time_machine.travel(SEND_AT, tick=False):
+        messages_dispatch(batch_size=5, time_budget=10)
+
+    [line_message] = fake_line.delivered[0]["messages"]
+    items = [item["action"] for item in line_message["quickReply"]["items"]]
+    assert [a["data"] for a in items] == [f"rate{n}:{message.uuid}" for n in range(1, 6)]
+    assert _nested_violations(line_message) == []
+
+
+def test_a_line_rating_is_stored_with_the_visits_doctor_and_department(client, survey, patient):
+    message = sent_survey(survey, patient, "line")
+
+    event = tap(client, f"rate4:{message.uuid}")
+    line_post(client, {**event, "deliveryContext": {"isRedelivery": True}})  # replayed
+    tap(client, f"rate1:{message.uuid}")  # rated already: the first answer stands
+
+    rating = VisitRating.objects.get()
+    assert (rating.patient, rating.message, rating.channel) == (patient, message, "line")
+    assert (rating.rating, rating.department, rating.doctor) == (4, "眼科", "林醫師")
+    assert rating.rated_at == NOW and rating.visit is not None
+    assert not InboundMessage.objects.exists()  # a good rating asks nothing of staff
+    message.refresh_from_db()
+    assert message.replied_at == NOW
+
+
+def test_a_low_rating_lands_in_the_inbox_as_feedback(client, survey, patient):
+    message = sent_survey(survey, patient, "line")
+
+    tap(client, f"rate2:{message.uuid}")
+
+    rating = VisitRating.objects.get()
+    note = InboundMessage.objects.get()
+    assert rating.rating == 2 and rating.low_rating_note == note
+    assert note.patient == patient and "2" in note.text
+    assert feedback_ids(InboundMessage.objects.all()) == {note.pk}
+
+
+def test_an_sms_digit_rates_and_the_next_text_is_its_comment(client, survey, patient):
+    sent_survey(survey, patient, "sms")
+
+    sms_from(client, PHONE, "５")  # full-width from a Chinese keyboard
+    sms_from(client, PHONE, "醫師很親切，謝謝")
+    sms_from(client, PHONE, "請問下次幾點？")  # a second text is only for the inbox
+
+    rating = VisitRating.objects.get()
+    assert (rating.rating, rating.comment, rating.commented_at) == (5, "醫師很親切，謝謝", NOW)
+    kept = InboundMessage.objects.order_by("id")
+    assert [row.text for row in kept] == ["醫師很親切，謝謝", "請問下次幾點？"]
+    assert feedback_ids(kept) == {kept[0].pk} == {rating.comment_message_id}
+
+
+def test_an_answer_goes_to_the_newest_open_survey_on_that_channel(client, survey, patient):
+    sent_survey(survey, patient, "line")  # LINE's survey is not answered by SMS
+    old = sent_survey(survey, patient, "sms", hours_ago=5)
+    new = sent_survey(survey, patient, "sms", hours_ago=1)
+
+    sms_from(client, PHONE, "3")
+    sms_from(client, PHONE, "4")
+
+    assert dict(VisitRating.objects.values_list("message", "rating")) == {new.pk: 3, old.pk: 4}
+
+
+def test_a_survey_older_than_the_window_is_not_answered(client, survey, patient):
+    sent_survey(survey, patient, "sms", hours_ago=8 * 24)
+
+    sms_from(client, PHONE, "5")
+
+    assert not VisitRating.objects.exists()
+    assert InboundMessage.objects.get().text == "5"  # kept for staff, as any text
+
+
+def test_a_digit_answers_what_was_asked_last(client, survey, patient):
+    appointment = AppointmentFactory(patient=patient, starts_at=NOW + dt.timedelta(days=1))
+    confirmation = Rule.objects.get(kind=RuleKind.APPOINTMENT, asks_confirmation=True)
+    OutboxMessage.objects.create(
+        rule=confirmation,
+        patient=patient,
+        appointment=appointment,
+        occurrence_key="confirm",
+        purpose="care",
+        channel="sms",
+        due_at=NOW,
+        next_attempt_at=NOW,
+        expires_at=NOW + dt.timedelta(days=1),
+        body="回覆 1 確認",
+        status=Status.SENT,
+        sent_at=NOW - dt.timedelta(hours=3),
+    )
+    sent_survey(survey, patient, "sms", hours_ago=1)
+
+    sms_from(client, PHONE, "1")  # the survey came after the confirmation request
+    sms_from(client, PHONE, "1")  # the survey is rated: now it confirms
+
+    assert VisitRating.objects.get().rating == 1
+    appointment.refresh_from_db()
+    assert appointment.status == Appointment.Status.CONFIRMED
+
+
+def test_a_rating_of_another_patients_survey_changes_nothing(client, survey, patient):
+    other = consenting(line_user_id="U" + "6" * 32)
+    theirs = sent_survey(survey, other, "line")
+
+    tap(client, f"rate5:{theirs.uuid}")
+    line_post(client, line_text(LINE_ID, "5"))  # no survey of theirs open on LINE
+
+    assert not VisitRating.objects.exists()
