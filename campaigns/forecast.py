@@ -225,6 +225,11 @@ def _count_dues(
     # (the week's query hands each record's days over together).
     counted: set[tuple[int, str]] = set()
     remember = _repeats(rule) and _per_day(rule)
+    # The visit survey asks a patient once per SURVEY_MIN_DAYS (longer than any forecast): once
+    # the planner queued one, the patient is out of its later days' selections. Rows come in
+    # no order of day, so a patient's counts wait until their first day is known.
+    once_per_patient = rule.kind == RuleKind.VISIT_SURVEY
+    asked: dict[int, list[tuple[datetime, Key | None]]] = {}
     zone = timezone.get_current_timezone()  # looked up once, not for each row
     rows = _week_rows(rule, moments=moments, profile=profile, patients=patients)
     while batch := list(islice(rows, BATCH)):
@@ -246,9 +251,18 @@ def _count_dues(
                 if remember:
                     counted.add(key)
                 day = decision.send_at.astimezone(zone).date()
-                if day > last or (channel and on != channel):
-                    continue
-                counts[rule.pk, day, on] += 1
+                shown = not (day > last or (channel and on != channel))
+                if once_per_patient:
+                    asked.setdefault(due.row["pid"], []).append(
+                        (moment, (rule.pk, day, on) if shown else None)
+                    )
+                elif shown:
+                    counts[rule.pk, day, on] += 1
+    for planned in asked.values():
+        first = min(moment for moment, _slot in planned)
+        for moment, slot in planned:
+            if moment == first and slot is not None:
+                counts[slot] += 1
 
 
 def _repeats(rule: Rule) -> bool:
