@@ -13,7 +13,7 @@ tests/campaigns/test_policy.py checks that both faces answer the same on the sam
 
 import hashlib
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -37,7 +37,7 @@ from django.utils.translation import gettext as _
 
 from campaigns.kinds import KINDS, Due, Row
 from campaigns.models import Rule, RuleKind, SkipReason
-from campaigns.sendwindow import fit
+from campaigns.sendwindow import at_local, fit
 from consent.models import ConsentState, Purpose
 from consent.selectors import (
     Decision,
@@ -352,7 +352,7 @@ def send_decision(*, message: OutboxMessage, now: datetime, profile: ClinicProfi
         # The share was raised after this was queued: it stays out of the comparison group.
         return _drop(SkipReason.HOLDOUT)
     urgent = is_urgent(message)
-    opens = _opens(now, message.expires_at, profile, urgent=urgent)
+    opens = opens_at(now, message.expires_at, profile, urgent=urgent)
     if opens is None:
         return _drop(SkipReason.STALE)
     if opens > now:
@@ -365,7 +365,7 @@ def send_decision(*, message: OutboxMessage, now: datetime, profile: ClinicProfi
     )
     if last and now < last + gap:
         # One message at a time: the next waits, in priority order, instead of piling up.
-        after_gap = _opens(last + gap, message.expires_at, profile, urgent=urgent)
+        after_gap = opens_at(last + gap, message.expires_at, profile, urgent=urgent)
         if after_gap is None:
             return _drop(SkipReason.STALE)
         return Verdict(Action.WAIT, until=after_gap)
@@ -383,12 +383,25 @@ def is_urgent(message: OutboxMessage) -> bool:
     ).exists()
 
 
-def _opens(
+def opens_at(
     moment: datetime, expires: datetime, profile: ClinicProfile, *, urgent: bool
 ) -> datetime | None:
-    if urgent:
-        return moment if moment < expires else None
-    return fit(moment, expires, profile)
+    """The first time at or after `moment` a message may go (None: not before `expires`): in
+    the clinic's send window (`fit`); an urgent one outside it too, but never at night, only
+    between URGENT_SEND_FROM and URGENT_SEND_UNTIL."""
+    if not urgent:
+        return fit(moment, expires, profile)
+    earliest, latest = (
+        time.fromisoformat(settings.URGENT_SEND_FROM),
+        time.fromisoformat(settings.URGENT_SEND_UNTIL),
+    )
+    local = timezone.localtime(moment)
+    send = moment
+    if local.time() < earliest:
+        send = at_local(local.date(), earliest)
+    elif local.time() >= latest:
+        send = at_local(local.date() + timedelta(days=1), earliest)
+    return send if send < expires else None
 
 
 def _drop(code: SkipReason) -> Verdict:

@@ -236,6 +236,10 @@ RETAIN_INBOX_TEXT_DAYS = int(env_str("RETAIN_INBOX_TEXT_DAYS", "180"))
 # confirm step's signed token is good this many minutes.
 GROUP_MESSAGE_MAX = int(env_str("GROUP_MESSAGE_MAX", "2000"))
 GROUP_CONFIRM_MINUTES = int(env_str("GROUP_CONFIRM_MINUTES", "30"))
+# An urgent group message goes outside the clinic's send window, but never at night: only
+# between these hours (clinic time, HH:MM), else it waits for the morning or is refused.
+URGENT_SEND_FROM = env_str("URGENT_SEND_FROM", "07:00")
+URGENT_SEND_UNTIL = env_str("URGENT_SEND_UNTIL", "22:00")
 # /healthz answers 503 when the worker has not planned or dispatched for this long, or a
 # message due has waited this long (clinic_crm/health.py). In minutes.
 HEALTH_MAX_PLANNER_AGE = timedelta(minutes=int(env_str("HEALTH_MAX_PLANNER_MINUTES", "30")))

@@ -33,8 +33,8 @@ from django.utils.translation import gettext as _
 
 from campaigns.costs import channel_size
 from campaigns.models import Rule, RuleKind, SkipReason
-from campaigns.policy import policy_annotations
-from campaigns.sendwindow import day_bounds, fit
+from campaigns.policy import opens_at, policy_annotations
+from campaigns.sendwindow import day_bounds
 from clinic_crm.copy_insert import insert_new
 from consent.models import Channel, Purpose
 from patients.models import Appointment, AuditEntry, ClinicProfile, Patient, Visit
@@ -338,7 +338,7 @@ def group_preview(
             % {"n": counts.total, "max": settings.GROUP_MESSAGE_MAX}
         )
     expires = _expires(definition, now=now, urgent=urgent)
-    sends_at = (now if now < expires else None) if urgent else fit(now, expires, profile)
+    sends_at = opens_at(now, expires, profile, urgent=urgent)
     if sends_at is None:
         raise GroupRefused(
             _("It would arrive too late: the send window does not open again before %(end)s.")

@@ -331,6 +331,35 @@ def test_urgent_goes_at_once_outside_the_window_for_todays_patients(
     assert len(memory_channels) == 4
 
 
+def test_urgent_is_never_sent_at_night(tomorrows, manager_user, memory_channels):
+    # Before URGENT_SEND_FROM (07:00) it waits for it; from URGENT_SEND_UNTIL (22:00) the day's
+    # group message is of no use any more and refused.
+    small_hours = taipei(2026, 3, 11, 5, 0)
+    shown = preview(urgent=True, at=small_hours)
+    assert shown.sends_at == taipei(2026, 3, 11, 7, 0)
+
+    send(shown.token, manager_user, at=small_hours)
+    dispatch(small_hours + dt.timedelta(minutes=1))
+    assert memory_channels == []
+    dispatch(taipei(2026, 3, 11, 7, 1))
+    assert len(memory_channels) == 4
+
+    with pytest.raises(GroupRefused):
+        preview(urgent=True, at=taipei(2026, 3, 11, 22, 0))
+
+
+def test_an_urgent_message_left_over_at_night_is_dropped_not_sent(
+    tomorrows, manager_user, memory_channels
+):
+    evening = taipei(2026, 3, 11, 21, 30)
+    send(preview(urgent=True, at=evening).token, manager_user, at=evening)
+
+    dispatch(taipei(2026, 3, 11, 22, 5))  # the worker was down until after 22:00
+
+    assert memory_channels == []
+    assert set(OutboxMessage.objects.values_list("status", flat=True)) == {Status.DROPPED}
+
+
 def test_urgent_is_refused_for_another_day_or_a_segment(tomorrows):
     with pytest.raises(GroupRefused, match="Urgent|緊急"):
         preview(urgent=True)  # tomorrow, asked today
