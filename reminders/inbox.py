@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -31,6 +31,7 @@ from consent.models import Channel, Purpose
 from patients.models import ClinicProfile, Patient
 from reminders.channels.base import Inbound
 from reminders.models import InboundMessage, OutboxMessage, StaffTask, Status
+from surveys.models import VisitRating
 
 log = logging.getLogger(__name__)
 
@@ -267,12 +268,20 @@ class Entry:
     status: str = ""  # our message's status, in words
     error: str = ""
     truncated: bool = False
+    feedback: bool = False  # a low visit rating or a comment on the visit (surveys)
 
 
 def conversation(*, patient: Patient, limit: int = 200) -> list[Entry]:
     """The patient's messages both ways across SMS and LINE, oldest first (the newest
     `limit` of each way). Our messages count from when they were sent, or queued."""
-    inbound = list(InboundMessage.objects.filter(patient=patient).order_by("-received_at")[:limit])
+    rated = VisitRating.objects.filter(
+        Q(low_rating_note=OuterRef("pk")) | Q(comment_message=OuterRef("pk"))
+    )
+    inbound = list(
+        InboundMessage.objects.filter(patient=patient)
+        .annotate(feedback=Exists(rated))
+        .order_by("-received_at")[:limit]
+    )
     outbound = list(OutboxMessage.objects.filter(patient=patient).order_by("-created_at")[:limit])
     entries = [
         Entry(
@@ -281,6 +290,7 @@ def conversation(*, patient: Patient, limit: int = 200) -> list[Entry]:
             channel=row.channel,
             text=row.text,
             truncated=row.truncated,
+            feedback=row.feedback,
         )
         for row in inbound
     ] + [

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import time_machine
+from django.urls import reverse
 
 from campaigns.models import Rule, RuleKind
 from consent.models import Channel, Purpose
@@ -278,3 +279,16 @@ def test_a_rating_of_another_patients_survey_changes_nothing(client, survey, pat
     line_post(client, line_text(LINE_ID, "5"))  # no survey of theirs open on LINE
 
     assert not VisitRating.objects.exists()
+
+
+def test_the_conversation_marks_the_feedback_to_follow_up(client, survey, patient, front_desk_user):
+    message = sent_survey(survey, patient, "line")
+    tap(client, f"rate1:{message.uuid}")
+    line_post(client, line_text(LINE_ID, "等了一個半小時"))
+    line_post(client, line_text(LINE_ID, "請問停車場在哪？"))  # not feedback
+    client.force_login(front_desk_user)
+
+    html = client.get(reverse("desk:conversation", args=[patient.pk])).content.decode()
+
+    assert html.count("就診意見：請追蹤") == 2
+    assert VisitRating.objects.get().comment == "等了一個半小時"
