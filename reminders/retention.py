@@ -10,8 +10,9 @@ visits, prescriptions, procedures or appointments. What goes, each after its own
   the dashboard's figures and the cost still show who got which message when, on which channel.
 - RETAIN_ATTEMPTS_DAYS: the log of hand-overs to providers, for final messages.
 - RETAIN_SKIPS_DAYS: the record of why a patient was not sent a message.
-- RETAIN_INBOX_TEXT_DAYS: the words patients wrote to the clinic (the staff inbox). The row
-  stays: who wrote when, on which channel, and whether staff handled it.
+- RETAIN_INBOX_TEXT_DAYS: the words patients wrote to the clinic (the staff inbox), and the
+  comment kept with a visit rating (surveys). The row stays: who wrote when, on which channel,
+  and whether staff handled it; the rating stays.
 Early delivery reports never applied are dropped with the webhook dedupe table
 (WEBHOOK_DEDUPE_DAYS), which the webhook cleanup task already forgets.
 
@@ -29,6 +30,7 @@ from django.db.models import Model, Q, QuerySet
 
 from campaigns.models import Skip
 from reminders.models import FINAL, Attempt, InboundMessage, OutboxMessage
+from surveys.models import VisitRating
 
 BATCH = 2000
 
@@ -70,5 +72,9 @@ def retention_apply(*, now: datetime, batch: int = BATCH) -> Counter[str]:
         inbox = InboundMessage.objects.filter(received_at__lt=cutoff).exclude(text="")
         done["inbox texts"] = _in_batches(
             inbox, lambda rows: rows.update(text="", truncated=False), batch=batch
+        )
+        comments = VisitRating.objects.filter(commented_at__lt=cutoff).exclude(comment="")
+        done["visit comments"] = _in_batches(
+            comments, lambda rows: rows.update(comment=""), batch=batch
         )
     return done

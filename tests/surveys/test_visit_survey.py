@@ -13,7 +13,9 @@ from django.urls import reverse
 from campaigns.models import Rule, RuleKind
 from consent.models import Channel, Purpose
 from patients.models import Appointment
+from patients.services import patient_erase
 from reminders.models import InboundMessage, OutboxMessage, Status
+from reminders.retention import retention_apply
 from reminders.services import messages_dispatch
 from surveys.models import VisitRating
 from surveys.services import feedback_ids
@@ -292,3 +294,25 @@ def test_the_conversation_marks_the_feedback_to_follow_up(client, survey, patien
 
     assert html.count("就診意見：請追蹤") == 2
     assert VisitRating.objects.get().comment == "等了一個半小時"
+
+
+def test_comments_are_blanked_after_the_inbox_retention_and_with_the_patient(
+    client, survey, patient, settings, front_desk_user
+):
+    settings.RETAIN_INBOX_TEXT_DAYS = 180
+    sent_survey(survey, patient, "sms")
+    sms_from(client, PHONE, "2")
+    sms_from(client, PHONE, "櫃台態度不好")
+
+    assert retention_apply(now=NOW + dt.timedelta(days=179))["visit comments"] == 0
+    done = retention_apply(now=NOW + dt.timedelta(days=181))
+
+    rating = VisitRating.objects.get()
+    assert done["visit comments"] == 1
+    assert (rating.rating, rating.comment) == (2, "")  # the rating stays for the dashboard
+
+    rating.comment = "再寫一次"
+    rating.save()
+    patient_erase(patient=patient, actor=front_desk_user)
+    rating.refresh_from_db()
+    assert rating.comment == ""
