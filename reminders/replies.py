@@ -204,10 +204,13 @@ def _apply(
         _answered_request(patients, inbound.channel, now) if text in (CONFIRM, CHANGE) else None
     )
     if text in RATING_DIGITS:
-        # A digit answers whichever was asked last: a confirmation request or a survey.
+        # A digit answers whichever was asked last: a confirmation request, a post-op check-in
+        # ("3": need a call, reminders.inbox) or a survey.
         survey = survey_open(patients=patients, channel=inbound.channel, now=now)
-        if survey is not None and (
-            request is None or (survey.sent_at or now) > (request.sent_at or now)
+        if (
+            survey is not None
+            and (request is None or (survey.sent_at or now) > (request.sent_at or now))
+            and not _checkin_after(survey, patients=patients, now=now)
         ):
             survey_rate(
                 message=survey,
@@ -222,6 +225,19 @@ def _apply(
     return _answer_request(
         request, confirm=text == CONFIRM, via=Appointment.ConfirmedVia.REPLY, now=now
     )
+
+
+def _checkin_after(survey: OutboxMessage, *, patients: list[Patient], now: datetime) -> bool:
+    """Whether a post-op check-in still open went to `patients` on the survey's channel after
+    the survey: a digit then answers the check-in."""
+    return OutboxMessage.objects.filter(
+        patient__in=patients,
+        channel=survey.channel,
+        rule__kind=RuleKind.POSTOP,
+        status__in=[Status.SENT, Status.DELIVERED],
+        sent_at__gt=survey.sent_at or now,
+        sent_at__gte=now - POSTOP_ANSWER_WINDOW,
+    ).exists()
 
 
 def _answer_request(

@@ -14,12 +14,18 @@ from campaigns.models import Rule, RuleKind
 from consent.models import Channel, Purpose
 from patients.models import Appointment
 from patients.services import patient_erase
-from reminders.models import InboundMessage, OutboxMessage, Status
+from reminders.models import InboundMessage, OutboxMessage, StaffTask, Status
 from reminders.retention import retention_apply
 from reminders.services import messages_dispatch
 from surveys.models import VisitRating
 from surveys.services import feedback_ids
-from tests.factories import AppointmentFactory, PatientFactory, VisitFactory, grant
+from tests.factories import (
+    AppointmentFactory,
+    PatientFactory,
+    ProcedureFactory,
+    VisitFactory,
+    grant,
+)
 from tests.helpers import only, plan, taipei
 from tests.reminders.inbound import line_event, line_post, line_text, provider_settings, sms_from
 from tests.reminders.test_line_buttons import _nested_violations
@@ -316,3 +322,26 @@ def test_comments_are_blanked_after_the_inbox_retention_and_with_the_patient(
     patient_erase(patient=patient, actor=front_desk_user)
     rating.refresh_from_db()
     assert rating.comment == ""
+
+
+def test_a_3_after_a_later_postop_checkin_asks_for_the_call_not_a_rating(client, survey, patient):
+    sent_survey(survey, patient, "sms", hours_ago=5)
+    checkin = OutboxMessage.objects.create(
+        rule=Rule.objects.get(name__startswith="術後關懷"),
+        patient=patient,
+        procedure=ProcedureFactory(patient=patient),
+        occurrence_key="postop:1",
+        purpose="care",
+        channel="sms",
+        due_at=NOW - dt.timedelta(hours=1),
+        next_attempt_at=NOW - dt.timedelta(hours=1),
+        expires_at=NOW,
+        body="恢復還好嗎？回覆 3 請護理師來電",
+        status=Status.SENT,
+        sent_at=NOW - dt.timedelta(hours=1),
+    )
+
+    sms_from(client, PHONE, "3")
+
+    assert not VisitRating.objects.exists()
+    assert StaffTask.objects.get().message == checkin
