@@ -26,7 +26,7 @@ from patients.models import (
     RefillWindow,
     Visit,
 )
-from reminders.models import LineLinkCode, OutboxMessage, Status
+from reminders.models import GroupSend, LineLinkCode, OutboxMessage, Status
 
 Row = Mapping[str, Any]
 Refs = Mapping[str, Any]  # "appointment" → Appointment, … as loaded for a due message
@@ -579,6 +579,24 @@ def _line_link_still_true(message: OutboxMessage) -> str:
     return ""
 
 
+def _group_still_true(message: OutboxMessage) -> str:
+    # Keyed "group:<GroupSend id>" (reminders.groups). A day group's message is about the
+    # patient's appointment that day: cancelled or moved to another doctor or day since, the
+    # patient is no longer in the group and the message stays unsent.
+    from reminders.groups import GroupDefinition, group_patients  # it reads the policy: cyclic
+
+    send_id = message.occurrence_key.removeprefix("group:")
+    send = GroupSend.objects.filter(pk=int(send_id) if send_id.isdigit() else 0).first()
+    if send is None:
+        return _("the group message is gone")
+    if send.kind != GroupSend.Kind.DAY:
+        return ""
+    members = group_patients(GroupDefinition.from_dict(send.definition), today=timezone.localdate())
+    if not members.filter(pk=message.patient_id).exists():
+        return _("no longer in the group: the appointment was cancelled or moved")
+    return ""
+
+
 # Kinds whose messages staff queue by hand (the LINE link code, reminders.linking; a message
 # written in the inbox, reminders.inbox), gated like any other: the planner selects nothing.
 NEVER_PLANNED = frozenset({RuleKind.LINE_LINK, RuleKind.STAFF, RuleKind.GROUP})
@@ -676,6 +694,7 @@ KINDS: dict[str, Kind] = {
     ),
     RuleKind.GROUP: Kind(
         select=_never_planned,
+        still_true=_group_still_true,
         fields=(),
         template_fields={},
         context=_birthday_context,

@@ -416,6 +416,28 @@ def test_withdrawn_after_the_send_the_gate_still_stops_it(tomorrows, manager_use
     assert len(memory_channels) == 3
 
 
+def test_an_appointment_cancelled_or_moved_after_the_send_is_not_messaged(
+    tomorrows, manager_user, memory_channels
+):
+    send(preview().token, manager_user)
+    Appointment.objects.filter(patient=tomorrows["sms"]).update(status=Appointment.Status.CANCELLED)
+    Appointment.objects.filter(patient=tomorrows["line"]).update(doctor="李醫師")
+    # Of "twice"'s two appointments one is cancelled: the other still makes them one of the group.
+    Appointment.objects.filter(patient=tomorrows["twice"], department="心臟內科").update(
+        status=Appointment.Status.CANCELLED
+    )
+
+    dispatch(NOW + dt.timedelta(minutes=1))
+
+    assert len(memory_channels) == 2  # prefers_sms and twice
+    dropped = OutboxMessage.objects.filter(status=Status.DROPPED)
+    assert set(dropped.values_list("patient", flat=True)) == {
+        tomorrows["sms"].pk,
+        tomorrows["line"].pk,
+    }
+    assert all("no longer in the group" in m.error for m in dropped)
+
+
 def test_the_counts_are_one_aggregate_query_whatever_the_group_size(
     tomorrows, django_assert_max_num_queries
 ):
