@@ -118,11 +118,14 @@ def _erase_related_texts(patient: Patient) -> None:
     for rel in Patient._meta.related_objects:
         if not rel.one_to_many:
             continue
+        fields = {f.name for f in rel.related_model._meta.concrete_fields}
         names = [
             f.name
             for f in rel.related_model._meta.concrete_fields
             if getattr(f, "erase_with_patient", False)
         ]
+        # A blind index of an erased text would still find the patient by it: it goes too.
+        names += [f"{name}_bidx" for name in names if f"{name}_bidx" in fields]
         if names:
             rel.related_model._base_manager.filter(**{rel.field.name: patient}).update(
                 **{name: "" for name in names}

@@ -291,4 +291,4 @@ def test_erasing_the_patient_blanks_what_they_wrote(client, patient, front_desk_
     patient_erase(patient=patient, actor=front_desk_user)
 
     row = InboundMessage.objects.get()
-    assert (row.text, row.sender) == ("", "")
+    assert (row.text, row.sender, row.sender_bidx) == ("", "", "")  # nothing finds them by it
