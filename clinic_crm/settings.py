@@ -142,6 +142,15 @@ REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     Q_CLUSTER.pop("orm")
     Q_CLUSTER["redis"] = REDIS_URL
+    # Counters every web process must share (the patient link's wrong-token limit,
+    # consent/patient_link.py): without Redis each process keeps its own.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "crm",
+        }
+    }
 
 # Messaging providers. A channel whose credentials are set sends for real. One without them is
 # off: the planner and the gate skip it ("channel not configured") and `check --deploy` warns.

@@ -154,3 +154,24 @@ def test_worker_uses_the_database_broker_unless_redis_url_is_set(redis_url, brok
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"{broker} True"
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "backend"),
+    [("", "LocMemCache"), ("redis://127.0.0.1:6379/15", "RedisCache")],
+)
+def test_the_cache_every_process_shares_is_redis_when_redis_url_is_set(
+    redis_url, backend, tmp_path
+):
+    # The patient link's wrong-token limit counts in the cache: one count for all web processes.
+    database = f"sqlite:///{tmp_path / 'probe.sqlite3'}"
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database}
+    probe = (
+        "from django.core.cache import caches; cache = caches['default']; "
+        "cache.set('probe', 1, 5); print(type(cache).__name__, cache.get('probe'))"
+    )
+
+    result = manage("shell", "-c", probe, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"{backend} 1"
