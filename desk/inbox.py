@@ -176,7 +176,7 @@ def reply(request: HttpRequest, pk: int) -> HttpResponse:
         else:
             audit_record(
                 actor=request.user,
-                action=AuditEntry.Action.VIEW,
+                action=AuditEntry.Action.SEND,
                 patients=[patient],
                 path=request.path,
                 detail=f"staff message {message.uuid} queued ({message.channel})",

@@ -617,8 +617,9 @@ class AuditEntry(AppendOnlyModel):
         IMPORT = "import", _("imported")
         # The patient changed their own settings (consent/patient_link.py): no staff member.
         CHANGE = "change", _("changed")
-        # A group message (reminders.groups): the group's definition and counts, no patients.
-        SEND = "send", _("sent a group message")
+        # A message staff wrote: to a group (reminders.groups: the group's definition and
+        # counts, no patients) or to one patient (the inbox: that patient).
+        SEND = "send", _("sent a message")
 
     at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)
     actor = models.ForeignKey(

@@ -80,7 +80,8 @@ def test_an_answer_within_24_hours_goes_out_without_consent(desk, patient, fake_
     assert message.status == Status.SENT
     assert fake_twilio.requests[0].form["To"] == [PHONE]
     assert fake_twilio.requests[0].form["Body"] == ["可以，請來電 02-2345-6789"]
-    assert AuditEntry.objects.filter(detail__contains=str(message.uuid)).exists()
+    sent = AuditEntry.objects.get(detail__contains=str(message.uuid))
+    assert sent.action == AuditEntry.Action.SEND and list(sent.patients.all()) == [patient]
 
 
 def test_an_answer_on_line_reaches_the_fake_line(desk, patient, fake_line):
