@@ -360,6 +360,10 @@ def reply_for(outcome: str, *, profile: ClinicProfile) -> str:
                 "Thank you for adding %(clinic)s. To receive your reminders here, ask the "
                 "front desk for your LINE link code and send it in this chat."
             ),
+            "not text": _(
+                "Thank you. We can only read written messages here: please write to us in "
+                "words, or call %(clinic)s."
+            ),
         }
         text = texts.get(outcome, "")
         return text % {"clinic": name, "hours": settings.LINE_LINK_CODE_HOURS} if text else ""

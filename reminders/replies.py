@@ -73,6 +73,7 @@ class ReplyOutcome(StrEnum):
     WRONG_CODE = LinkOutcome.WRONG_CODE.value
     LINK_RATE_LIMITED = LinkOutcome.RATE_LIMITED.value
     GREETED = "greeted"
+    NOT_TEXT = "not text"  # a sticker, a photo: asked to write in words
     KEPT = "kept for the inbox"
     # LINE buttons (reminders.answers).
     CALL_REQUESTED = "call requested"
@@ -169,6 +170,8 @@ def _apply(
     *, inbound: Inbound, event_id: str, now: datetime, patients: list[Patient]
 ) -> ReplyOutcome:
     if inbound.channel == "line":
+        if inbound.kind == "not_text":
+            return ReplyOutcome.NOT_TEXT
         if inbound.kind == "text" and (candidates := code_candidates(inbound.text)):
             # A code in the text links whoever the code was made for, known sender or not (a
             # parent links a child's record from their own LINE).

@@ -126,6 +126,7 @@ ANSWERED = {
     ReplyOutcome.WRONG_CODE,
     ReplyOutcome.LINK_RATE_LIMITED,
     ReplyOutcome.GREETED,
+    ReplyOutcome.NOT_TEXT,
 }
 
 

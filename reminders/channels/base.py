@@ -88,7 +88,9 @@ class Inbound:
     """Something a patient did on a channel, as our code sees it, whatever the provider."""
 
     channel: str  # "sms" or "line"
-    kind: str  # "text", "unfollow" (LINE: blocked us), "follow" or "postback" (LINE: a button)
+    # "text", "unfollow" (LINE: blocked us), "follow", "postback" (LINE: a button) or
+    # "not_text" (LINE: a sticker, a photo, a file)
+    kind: str
     sender: str  # E.164 phone or LINE user id
     text: str = ""
     # LINE: the event's replyToken, for one free answer within a minute ("" when none).

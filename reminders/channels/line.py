@@ -286,6 +286,8 @@ def inbound_events(body: bytes, signature: str) -> list[LineEvent]:
     return found
 
 
+# Messages that are not words (a sticker, a photo, a file, …): answered with "please write".
+NOT_TEXT = ("sticker", "image", "video", "audio", "file", "location")
 # The event types we act on; the SDK checks their fields against LINE's schema.
 _KINDS: dict[str, type[Event]] = {
     "unfollow": UnfollowEvent,
@@ -302,12 +304,17 @@ def _event(index: int, raw: object) -> LineEvent | None:
     if not isinstance(kind, str) or kind not in _KINDS:
         return None  # a type we don't act on (join, and types LINE adds later)
     content = raw.get("message")
-    if kind == "message" and not (isinstance(content, dict) and content.get("type") == "text"):
-        return None  # a sticker, a photo, or a message type newer than this SDK
+    content_type = content.get("type") if isinstance(content, dict) else None
+    if kind == "message" and content_type not in ("text", *NOT_TEXT):
+        return None  # a message type newer than this SDK
     try:
         event = _KINDS[kind].from_dict(raw)
         occurred_at = datetime.fromtimestamp(event.timestamp / 1000, tz=UTC)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError) as exc:
+        if content_type in NOT_TEXT:
+            # Nothing of a sticker or photo is read: passed over, not the whole batch refused
+            # (its other events may be a STOP).
+            return None
         # The SDK's message quotes the whole event (user id, text): never log it.
         raise ValueError(f"event {index} ({kind}) does not match LINE's schema") from exc
     event_id = event.webhook_event_id
@@ -323,6 +330,9 @@ def _event(index: int, raw: object) -> LineEvent | None:
         inbound = Inbound(channel="line", kind="unfollow", sender=user_id)
     elif isinstance(event, FollowEvent):
         inbound = Inbound(channel="line", kind="follow", sender=user_id, reply_token=reply_token)
+    elif content_type in NOT_TEXT:
+        # Nothing of it is kept or read: the patient is asked to write in words.
+        inbound = Inbound(channel="line", kind="not_text", sender=user_id, reply_token=reply_token)
     elif isinstance(event, PostbackEvent):
         data = event.postback.data if isinstance(event.postback.data, str) else ""
         inbound = Inbound(

@@ -316,7 +316,14 @@ def test_a_linked_patients_words_are_not_taken_for_codes(client, patient, fake_l
 @pytest.mark.parametrize(
     "message",
     [
-        {"type": "sticker", "id": "1", "quoteToken": "q", "packageId": "446", "stickerId": "1988"},
+        {
+            "type": "sticker",
+            "id": "1",
+            "quoteToken": "q",
+            "packageId": "446",
+            "stickerId": "1988",
+            "stickerResourceType": "STATIC",
+        },
         {"type": "image", "id": "2", "quoteToken": "q", "contentProvider": {"type": "line"}},
         {"type": "text", "id": "3", "quoteToken": "q", "text": "😀🙏🏻👨‍👩‍👧"},
         {"type": "text", "id": "4", "quoteToken": "q", "text": "AB12CD " * 800},
@@ -332,6 +339,24 @@ def test_stickers_images_emoji_and_oversized_text_never_fail(client, patient, fa
 
     assert response.status_code == 200
     assert not Patient.objects.filter(line_user_id_bidx__isnull=False).exists()
+    assert not ConsentEntry.objects.exists()
+
+
+@pytest.mark.parametrize("kind", ["sticker", "image", "file"])
+def test_a_sticker_photo_or_file_is_answered_please_write_once(client, patient, fake_line, kind):
+    # As LINE sends them (../shared/provider-specs/line_webhook.yml, each's required fields).
+    message = {"type": kind, "id": "7", "quoteToken": "q"} | {
+        "sticker": {"packageId": "446", "stickerId": "1988", "stickerResourceType": "STATIC"},
+        "image": {"contentProvider": {"type": "line"}},
+        "file": {"fileName": "報告.pdf", "fileSize": 2048},
+    }[kind]
+    sent = event("message", replyToken=uuid.uuid4().hex, message=message)
+
+    first, again = post(client, sent), post(client, sent)  # LINE redelivers it
+
+    assert first.status_code == again.status_code == 200
+    assert [r["replyToken"] for r in fake_line.replies] == [sent["replyToken"]]
+    assert "文字" in replies(fake_line)[0]
     assert not ConsentEntry.objects.exists()
 
 
