@@ -369,7 +369,13 @@ class Visit(models.Model):
         ordering = ["-visited_on"]
         verbose_name = _("visit")
         verbose_name_plural = _("visits")
-        indexes = [models.Index(fields=["patient", "-visited_on"], name="visit_patient_latest")]
+        indexes = [
+            models.Index(fields=["patient", "-visited_on"], name="visit_patient_latest"),
+            # The dashboard's department and doctor filters read a department's or doctor's
+            # patients from the index alone (dashboard/selectors.py, _patients_q).
+            models.Index(fields=["department", "patient"], name="visit_department_patients"),
+            models.Index(fields=["doctor", "patient"], name="visit_doctor_patients"),
+        ]
 
     def __str__(self):
         return f"{self.visited_on} {self.department}"
@@ -599,7 +605,12 @@ class Appointment(models.Model):
         ordering = ["starts_at"]
         verbose_name = _("appointment")
         verbose_name_plural = _("appointments")
-        indexes = [models.Index(fields=["starts_at", "status"], name="appointment_upcoming")]
+        indexes = [
+            models.Index(fields=["starts_at", "status"], name="appointment_upcoming"),
+            # As the visits': the dashboard's department and doctor filters.
+            models.Index(fields=["department", "patient"], name="appt_department_patients"),
+            models.Index(fields=["doctor", "patient"], name="appt_doctor_patients"),
+        ]
 
     def __str__(self):
         return f"{timezone.localtime(self.starts_at):%Y-%m-%d %H:%M} {self.department}"
