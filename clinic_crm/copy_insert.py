@@ -41,6 +41,10 @@ def insert_new(
     stored row."""
     if not objs:
         return
+    for obj in objs:
+        # As bulk_create: a relation set to an object saved since takes its id (an unsaved
+        # one raises ValueError).
+        obj._prepare_related_fields_for_save(operation_name="insert_new")  # type: ignore[attr-defined]
     if connection.vendor != "postgresql":
         model._default_manager.bulk_create(
             objs,

@@ -3,6 +3,7 @@ from datetime import datetime
 from django.db import NotSupportedError, router, transaction
 from django.utils import timezone
 
+from clinic_crm.copy_insert import insert_new
 from consent.models import Action, Channel, ConsentEntry, ConsentState, Purpose, Source
 from patients.models import Patient
 
@@ -88,8 +89,7 @@ def consent_withdraw_all(
     return count
 
 
-# Rows per INSERT statement, and patients per "already has a state?" query.
-BULK_BATCH = 2000
+# Patients per "already has a state?" query.
 LOOKUP_BATCH = 500
 
 
@@ -114,9 +114,10 @@ def consent_bulk_record(*, entries: list[ConsentEntry]) -> int:
     db = router.db_for_write(ConsentEntry)
     if not transaction.get_connection(db).features.can_return_rows_from_bulk_insert:
         raise NotSupportedError("consent_bulk_record needs ids back from bulk inserts")
-    # Entries may have been built around patients saved afterwards; bulk_create fills in their
+    # Entries may have been built around patients saved afterwards; the insert fills in their
     # patient_id, which is why the clash check below comes after it (the rollback undoes it).
-    ConsentEntry.objects.bulk_create(entries, batch_size=BULK_BATCH)
+    # COPY on PostgreSQL (an import's patients file writes tens of thousands at once).
+    insert_new(ConsentEntry, entries)
     latest: dict[tuple[int, str, str], ConsentEntry] = {}
     for entry in entries:
         key = (entry.patient_id, entry.purpose, entry.channel)
@@ -134,7 +135,8 @@ def consent_bulk_record(*, entries: list[ConsentEntry]) -> int:
                     f"patient {key[0]} already has a {key[1]}/{key[2]} consent state; "
                     "use consent_record"
                 )
-    ConsentState.objects.bulk_create(
+    insert_new(
+        ConsentState,
         [
             ConsentState(
                 patient_id=patient_id,
@@ -146,6 +148,5 @@ def consent_bulk_record(*, entries: list[ConsentEntry]) -> int:
             )
             for (patient_id, purpose, channel), entry in latest.items()
         ],
-        batch_size=BULK_BATCH,
     )
     return len(entries)
