@@ -1,4 +1,4 @@
-"""Insert an import batch's new rows: PostgreSQL COPY there, bulk_create elsewhere (SQLite).
+"""Insert many new rows at once: PostgreSQL COPY there, bulk_create elsewhere (SQLite).
 
 Profiling a 20,000-patient import put a third of its time in building Django's bulk INSERT
 (its compiler, then psycopg rewriting a statement with hundreds of thousands of parameters) and
