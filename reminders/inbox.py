@@ -233,16 +233,20 @@ def inbox_unknown_senders(*, limit: int = 100) -> list[UnknownSender]:
         .order_by("-last_at")[:limit]
     )
     senders = InboundMessage.objects.in_bulk([row["last_id"] for row in grouped])
+    # How many patients have each sender's address: one query per channel, not per sender.
+    shared: dict[tuple[str, str], int] = {}
+    for channel, field in ADDRESS_INDEX.items():
+        wanted = {r["sender_bidx"] for r in grouped if r["channel"] == channel and r["sender_bidx"]}
+        if wanted:
+            counts = (
+                Patient.objects.filter(**{f"{field}_bidx__in": wanted}, erased_at__isnull=True)
+                .values_list(f"{field}_bidx")
+                .annotate(n=Count("id"))
+                .order_by()
+            )
+            shared |= {(channel, bidx): n for bidx, n in counts}
     found = []
     for row in grouped:
-        field = ADDRESS_INDEX[row["channel"]]
-        shared = (
-            Patient.objects.filter(
-                **{f"{field}_bidx": row["sender_bidx"]}, erased_at__isnull=True
-            ).count()
-            if row["sender_bidx"]
-            else 0
-        )
         found.append(
             UnknownSender(
                 channel=row["channel"],
@@ -251,7 +255,7 @@ def inbox_unknown_senders(*, limit: int = 100) -> list[UnknownSender]:
                 last_at=row["last_at"],
                 count=row["count"],
                 unread=row["unread"],
-                shared_by=shared,
+                shared_by=shared.get((row["channel"], row["sender_bidx"]), 0),
             )
         )
     return found

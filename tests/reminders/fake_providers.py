@@ -237,18 +237,8 @@ class FakeLine(FakeProvider):
             return self._reply(received, headers)
         if received.path != contract.LINE_PUSH:
             return Reply(404, {"message": "Not found"}, headers)
-        if received.header("Authorization") != f"Bearer {self.access_token}":
-            message = "Authentication failed. Confirm that the access token is valid."
-            return Reply(401, {"message": message}, headers)
-        try:
-            received.json = json.loads(received.body)
-        except ValueError:
-            return Reply(400, {"message": "The request body could not be parsed as JSON"}, headers)
-        received.violations = contract.line_push_message(received.headers, received.json)
-        if received.violations:
-            details = [{"message": v} for v in received.violations]
-            body = {"message": "The request body has errors", "details": details}
-            return Reply(400, body, headers)
+        if refused := self._refused(received, headers, contract.line_push_message):
+            return refused
 
         # A retry key is spent only by an accepted (2xx) request: errors leave it reusable.
         key = received.header("X-Line-Retry-Key")
@@ -276,7 +266,9 @@ class FakeLine(FakeProvider):
             self._hang()
         return Reply(200, {"sentMessages": sent}, headers)
 
-    def _reply(self, received: Received, headers: dict[str, str]) -> Reply:
+    def _refused(self, received: Received, headers: dict[str, str], check) -> Reply | None:
+        """LINE's answer to a request with a wrong token, a body that is not JSON or one the
+        spec refuses (`check`: a contract function); None when it passes."""
         if received.header("Authorization") != f"Bearer {self.access_token}":
             message = "Authentication failed. Confirm that the access token is valid."
             return Reply(401, {"message": message}, headers)
@@ -284,11 +276,16 @@ class FakeLine(FakeProvider):
             received.json = json.loads(received.body)
         except ValueError:
             return Reply(400, {"message": "The request body could not be parsed as JSON"}, headers)
-        received.violations = contract.line_reply_message(received.headers, received.json)
+        received.violations = check(received.headers, received.json)
         if received.violations:
             details = [{"message": v} for v in received.violations]
             body = {"message": "The request body has errors", "details": details}
             return Reply(400, body, headers)
+        return None
+
+    def _reply(self, received: Received, headers: dict[str, str]) -> Reply:
+        if refused := self._refused(received, headers, contract.line_reply_message):
+            return refused
         # A reply token works once.
         with self._lock:
             if any(r["replyToken"] == received.json["replyToken"] for r in self.replies):
