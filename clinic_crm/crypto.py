@@ -101,7 +101,7 @@ def _index_key(raw: str, variable: str = "BLIND_INDEX_KEY") -> bytes:
 
 
 def _hmac_hex(key: bytes, message: str) -> str:
-    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, message.encode(), "sha256").hex()  # one C call: a fifth of new()
 
 
 def blind_index(domain: str, normalised: str) -> str:

@@ -7,13 +7,22 @@ from clinic_crm.copy_insert import insert_new
 from consent.models import Action, Channel, ConsentEntry, ConsentState, Purpose, Source
 from patients.models import Patient
 
-CHOICES = {"purpose": Purpose, "channel": Channel, "action": Action, "source": Source}
+# Each field's values as a set (a choices class builds its `.values` list anew on every read).
+CHOICES = {
+    kind: frozenset(choices.values)
+    for kind, choices in (
+        ("purpose", Purpose),
+        ("channel", Channel),
+        ("action", Action),
+        ("source", Source),
+    )
+}
 
 
 def _check_choices(**values: str) -> None:
     """Raises ValueError naming the first value that isn't one of its field's choices."""
     for kind, value in values.items():
-        if value not in CHOICES[kind].values:
+        if value not in CHOICES[kind]:
             raise ValueError(f"unknown {kind}: {value!r}")
 
 
