@@ -7,7 +7,7 @@ class ClinicCrmConfig(AppConfig):
     verbose_name = "Clinic CRM"
 
     def ready(self):
-        from clinic_crm import crypto, keycheck
+        from clinic_crm import crypto, keycheck, lookups  # noqa: F401 - lookups registers __any
 
         # A malformed key stops every process here, naming the variable, instead of starting
         # a server whose every page is a 500.

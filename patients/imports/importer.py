@@ -27,6 +27,7 @@ from clinic_crm import normalise
 from clinic_crm.copy_insert import insert_new
 from clinic_crm.exports import FORMULA_STARTS, cell_neutralise
 from clinic_crm.fields import BlindIndexField, EncryptedTextField, MobileFlagField, Sealed
+from clinic_crm.lookups import any_sql
 from consent.models import Action, ConsentEntry, ConsentState, Source
 from consent.services import consent_bulk_record, consent_record
 from patients.imports import cells
@@ -117,12 +118,12 @@ class Context:
             )
         # One INSERT … SELECT per batch (not a model object per patient); a patient linked by
         # an earlier batch (their second visit) is skipped by the unique (entry, patient).
-        ids = sorted(patients)
+        among, ids = any_sql("id", sorted(patients), Patient._meta.pk.db_type(connection))
         with connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {AuditLink._meta.db_table} (entry_id, patient_id, patient_uuid) "  # noqa: S608
                 f"SELECT %s, id, uuid FROM {Patient._meta.db_table} "
-                f"WHERE id IN ({', '.join(['%s'] * len(ids))}) ON CONFLICT DO NOTHING",
+                f"WHERE {among} ON CONFLICT DO NOTHING",
                 [self.audit.pk, *ids],
             )
 
@@ -506,7 +507,7 @@ class PatientHandler(Handler):
         found: dict[int, Patient] = {}
         charts = [row.values["chart_no"] for row in rows]
         nids = [nid for nid, _phone in keys.values() if nid]
-        for lookup, wanted in (("chart_no__in", charts), ("national_id_bidx__in", nids)):
+        for lookup, wanted in (("chart_no__any", charts), ("national_id_bidx__any", nids)):
             if wanted:
                 for hit in Patient.objects.filter(**{lookup: wanted}):
                     found[hit.pk] = hit
@@ -522,8 +523,8 @@ class PatientHandler(Handler):
         ]
         if unmatched:
             for hit in Patient.objects.filter(
-                phone_bidx__in={phone for phone, _born in unmatched},
-                birth_date__in={born for _phone, born in unmatched},
+                phone_bidx__any={phone for phone, _born in unmatched},
+                birth_date__any={born for _phone, born in unmatched},
             ).exclude(pk__in=list(found)):
                 found[hit.pk] = hit
         by_chart: dict[str, Patient] = {}
@@ -677,12 +678,12 @@ class PatientHandler(Handler):
             return
         ids = {entry.patient.pk for entry in wanted}
         already = set(
-            ConsentEntry.objects.filter(patient_id__in=ids, source=Source.IMPORT).values_list(
+            ConsentEntry.objects.filter(patient_id__any=ids, source=Source.IMPORT).values_list(
                 "patient_id", "purpose", "channel", "action", "recorded_at"
             )
         )
         stated = set(
-            ConsentState.objects.filter(patient_id__in=ids).values_list(
+            ConsentState.objects.filter(patient_id__any=ids).values_list(
                 "patient_id", "purpose", "channel"
             )
         )
@@ -729,7 +730,7 @@ class RecordHandler(Handler):
         charts = {row.values["chart_no"] for row in rows}
         patients = {
             chart: (pk, uuid)
-            for chart, pk, uuid in Patient.objects.filter(chart_no__in=charts).values_list(
+            for chart, pk, uuid in Patient.objects.filter(chart_no__any=charts).values_list(
                 "chart_no", "pk", "uuid"
             )
         }
@@ -807,11 +808,11 @@ class RecordHandler(Handler):
     def _existing(self, rows: list[dict[str, Any]]) -> dict[Any, models.Model]:
         external = [v["external_id"] for v in rows if v.get("external_id")]
         natural = [v for v in rows if not v.get("external_id")]
-        query = Q(external_id__in=external) if external else Q(pk__in=[])
+        query = Q(external_id__any=external) if external else Q(pk__in=[])
         if natural:
             query |= Q(
-                patient_id__in={v["patient_id"] for v in natural},
-                **{f"{self.day_field}__in": {v[self.day_field] for v in natural}},
+                patient_id__any={v["patient_id"] for v in natural},
+                **{f"{self.day_field}__any": {v[self.day_field] for v in natural}},
             )
         found: dict[Any, models.Model] = {}
         for obj in self.model._default_manager.filter(query):
