@@ -39,7 +39,7 @@ models.Field.register_lookup(AnyOf)
 models.ForeignObject.register_lookup(AnyOf)
 
 
-def any_sql(column: str, values: Collection[Any], db_type: str) -> tuple[str, list[Any]]:
+def any_sql(column: str, values: Collection[Any], db_type: str | None) -> tuple[str, list[Any]]:
     """`column` among `values` for raw SQL: the condition and its parameters."""
     if connection.vendor == "postgresql":
         return f"{column} = ANY(%s::{db_type}[])", [list(values)]
