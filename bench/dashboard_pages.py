@@ -119,13 +119,13 @@ def seed_messages(url: str, *, messages: int) -> dict[str, float | int]:
         )
         columns = (
             "uuid, rule_id, patient_id, appointment_id, occurrence_key, purpose, channel, "
-            "channels_left, fallbacks, status, priority, due_at, next_attempt_at, expires_at, "
+            "channels_left, status, priority, due_at, next_attempt_at, expires_at, "
             "attempts, claim, provider_id, error, subject, body, created_at, sent_at, "
             "delivered_at, replied_at, segments, country"
         )
         select = """
             SELECT gen_random_uuid(), {rule}, {patient}, {appointment}, '{mark}' || g,
-                   {purpose}, {channel}, '[]'::jsonb, '', s.status, 50,
+                   {purpose}, {channel}, '[]'::jsonb, s.status, 50,
                    s.due, s.due, s.due + interval '2 days',
                    CASE WHEN s.status IN ('queued', 'dropped') THEN 0 ELSE 1 END, '', '', '',
                    '', '', s.due,

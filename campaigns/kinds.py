@@ -73,6 +73,9 @@ class Kind:
     context: Callable[[Refs, Due, str, date], dict[str, Any]]  # refs, due, language, today
     sample: Callable[[str, date], dict[str, Any]]  # language, today: for previews
     still_true: Callable[[OutboxMessage], str] = lambda message: ""  # why not, or ""
+    # The values of a queued message's due row that `context` reads, read again: its text for
+    # a later channel is made only if it falls through to that channel (campaigns.planner).
+    row_of: Callable[[OutboxMessage], Row] = lambda message: {}
     call_if_undeliverable: bool = False  # a person phones when no channel can deliver it
 
 
@@ -460,6 +463,13 @@ def _recall_context(refs: Refs, due: Due, language: str, today: date) -> dict[st
     }
 
 
+def _recall_row(message: OutboxMessage) -> Row:
+    last = date.fromisoformat(message.occurrence_key.removeprefix("recall:"))
+    visits = Visit.objects.filter(patient_id=message.patient_id, visited_on=last)
+    department = visits.order_by("-id").values_list("department", flat=True).first()
+    return {"last_visit": last, "visit_department": department or ""}
+
+
 def _recall_sample(language: str, today: date) -> dict[str, Any]:
     return {
         "visit": {
@@ -536,6 +546,18 @@ def _visit_survey_context(refs: Refs, due: Due, language: str, today: date) -> d
             "department": due.row.get("visit_department", ""),
             "doctor": due.row.get("visit_doctor", ""),
         }
+    }
+
+
+def _visit_survey_row(message: OutboxMessage) -> Row:
+    visit_id = message.occurrence_key.removeprefix("survey:visit:")
+    visit = Visit.objects.filter(pk=int(visit_id) if visit_id.isdigit() else 0).first()
+    if visit is None:
+        return {}  # gone: its text can't be made (a template error for that channel)
+    return {
+        "visited": visit.visited_on,
+        "visit_department": visit.department,
+        "visit_doctor": visit.doctor,
     }
 
 
@@ -668,6 +690,7 @@ KINDS: dict[str, Kind] = {
         template_fields={"visit": ("last_date", "department")},
         context=_recall_context,
         sample=_recall_sample,
+        row_of=_recall_row,
     ),
     RuleKind.VISIT_SURVEY: Kind(
         select=_visit_survey,
@@ -676,6 +699,7 @@ KINDS: dict[str, Kind] = {
         context=_visit_survey_context,
         sample=_visit_survey_sample,
         still_true=_visit_survey_still_true,
+        row_of=_visit_survey_row,
     ),
     RuleKind.LINE_LINK: Kind(
         select=_never_planned,

@@ -9,7 +9,6 @@ Rows go in with bulk inserts; the unique key (rule, patient, occurrence) makes p
 idempotent, also when two workers plan at once.
 """
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from datetime import date, datetime, timedelta
 from itertools import islice
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
@@ -28,7 +28,12 @@ from campaigns.kinds import KINDS, Due, Refs, days_in
 from campaigns.links import LINKS_KEY, LinkTokens, site_url, uses_links
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.policy import channel_order_for, plan_decision, policy_annotations
-from campaigns.templating import RenderFailure, TemplateRenderError, render_message
+from campaigns.templating import (
+    RenderedText,
+    RenderFailure,
+    TemplateRenderError,
+    render_message,
+)
 from clinic_crm.copy_insert import insert_new
 from consent.selectors import patient_prefix
 from patients.models import (
@@ -211,23 +216,78 @@ def _existing_keys(rule: Rule, patient_ids: set[int]) -> set[tuple[int, str]]:
     )
 
 
+def _template(
+    templates: dict[tuple[str, str], MessageTemplate], channel: str, language: str
+) -> MessageTemplate | None:
+    """The rule's template for `channel` in `language`, else in zh-Hant; None when neither."""
+    return templates.get((channel, language)) or templates.get((channel, "zh-hant"))
+
+
 def _texts(
     templates: dict[tuple[str, str], MessageTemplate],
     channel: str,
     language: str,
     context: dict[str, Any],
-    memo: dict[str, str],
 ) -> list[str] | None:
     """[subject, body] of the rule's template for `channel` in `language` (else zh-Hant), or
-    None when there is none; `memo` holds the texts already rendered for this message. Raises
-    TemplateRenderError (which never quotes patient data)."""
-    template = templates.get((channel, language)) or templates.get((channel, "zh-hant"))
+    None when there is none. Raises TemplateRenderError (which never quotes patient data)."""
+    template = _template(templates, channel, language)
     if template is None:
         return None
     rendered = render_message(
-        subject=template.subject, body=template.body, context=context, channel=channel, memo=memo
+        subject=template.subject, body=template.body, context=context, channel=channel
     )
     return [rendered.subject, rendered.body]
+
+
+def fallback_text(message: OutboxMessage, channel: str, *, now: datetime) -> RenderedText | None:
+    """The text of queued `message` for `channel`, made when it falls through to that channel
+    (not at planning, for every channel it might never need): from the rule's template as it is
+    now, for the message's patient and occurrence, as of the day the message was due. None when
+    the rule has no template for `channel` (any more). Raises TemplateRenderError as rendering
+    does, also when its tracked links can't be made; those links get their rows here."""
+    rule, patient = message.rule, message.patient
+    templates = {
+        (t.channel, t.language): t
+        for t in MessageTemplate.objects.filter(rule=rule, channel=channel)
+    }
+    template = _template(templates, channel, patient.preferred_language)
+    if template is None:
+        return None
+    kind = KINDS[rule.kind]
+    ids = {key: getattr(message, key) for key in RELATED if getattr(message, key) is not None}
+    due = Due(
+        kind.row_of(message),
+        message.occurrence_key,
+        message.due_at,
+        message.expires_at,
+        ids,
+        message.anchor_at,
+    )
+    context = message_context(
+        rule=rule,
+        patient=patient,
+        profile=ClinicProfile.load(),
+        refs={key.removesuffix("_id"): getattr(message, key.removesuffix("_id")) for key in ids},
+        due=due,
+        today=timezone.localdate(message.due_at),
+    )
+    tokens = None
+    if uses_links(template.subject, template.body):
+        try:
+            tokens = LinkTokens(site_url())
+        except ImproperlyConfigured as error:
+            raise TemplateRenderError(RenderFailure.FAILED, str(error)) from None
+        context[LINKS_KEY] = tokens
+    text = render_message(
+        subject=template.subject, body=template.body, context=context, channel=channel
+    )
+    if tokens is not None:
+        TrackedLink.objects.bulk_create(
+            TrackedLink(token=token, message=message, rule=rule, url=url, created_at=now)
+            for url, token in tokens.tokens.items()
+        )
+    return text
 
 
 def _render_all(
@@ -267,9 +327,8 @@ def _render_all(
         tokens = LinkTokens(link_base) if link_base else None
         if tokens is not None:
             context[LINKS_KEY] = tokens
-        memo: dict[str, str] = {}
         try:
-            texts = _texts(templates, channel, language, context, memo)
+            texts = _texts(templates, channel, language, context)
         except TemplateRenderError as error:
             _log_render_error(rule, patient, channel, error)
             texts, reason = None, _RENDER_SKIP[error.failure]
@@ -279,24 +338,14 @@ def _render_all(
             result.skipped[reason] += 1
             skips.append(_skip(rule, due, reason, now))
             continue
-        # Every other channel of the rule, in order: one without consent today may have it by
-        # the time the first fails (the gate checks again before each try). A channel whose
-        # text can't be made is left out; the message still goes on the others.
-        later, fallbacks = [], {}
-        for other in channel_order_for(rule, patient.preferred_channel):
-            if other == channel:
-                continue
-            made = dict(tokens.tokens) if tokens is not None else {}
-            try:
-                alt = _texts(templates, other, language, context, memo)
-            except TemplateRenderError as error:
-                _log_render_error(rule, patient, other, error)
-                if tokens is not None:
-                    tokens.tokens = made  # no link rows for a text that is not kept
-                continue
-            later.append(other)
-            if alt:
-                fallbacks[other] = alt
+        # Every other channel of the rule with a template, in order: one without consent today
+        # may have it by the time the first fails (the gate checks again before each try). Its
+        # text is made if and when the message falls through to it (fallback_text).
+        later = [
+            other
+            for other in channel_order_for(rule, patient.preferred_channel)
+            if other != channel and _template(templates, other, language) is not None
+        ]
         message = OutboxMessage(
             rule=rule,
             patient=patient,
@@ -311,7 +360,6 @@ def _render_all(
             subject=texts[0],
             body=texts[1],
             **channel_size(channel, texts[1], patient.phone),
-            fallbacks=json.dumps(fallbacks, ensure_ascii=False) if fallbacks else "",
             anchor_at=due.anchor_at,
             **due.refs,
         )

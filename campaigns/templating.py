@@ -291,22 +291,16 @@ def _compiled(source: str) -> Template:
     return _engine.from_string(source)
 
 
-def render(source: str, context: Mapping[str, object], memo: dict[str, str] | None = None) -> str:
-    """`source` rendered with `context`, without HTML escaping, stripped. With `memo` (texts
-    already rendered with this same context, by source), a source in it is not rendered again:
-    a rule's SMS, LINE and e-mail bodies are often one text.
+def render(source: str, context: Mapping[str, object]) -> str:
+    """`source` rendered with `context`, without HTML escaping, stripped.
 
     Raises TemplateRenderError (safe to log) when the template fails, whatever the cause.
     """
-    if memo is not None and source in memo:
-        return memo[source]
     try:
         text = _compiled(source).render(Context(dict(context), autoescape=False)).strip()
     except Exception as exc:  # whatever the cause, one error that is safe to log
         failed = type(exc).__name__
     else:
-        if memo is not None:
-            memo[source] = text
         return text
     # Raised outside the except block so no exception is chained: the original's message can
     # hold a value from the context (a patient's name), and a logged traceback would show it.
@@ -322,7 +316,6 @@ def render_message(
     body: str,
     context: Mapping[str, object],
     channel: str,
-    memo: dict[str, str] | None = None,
 ) -> RenderedText:
     """The subject and body of one message for `channel`, within that channel's size limit.
 
@@ -330,12 +323,11 @@ def render_message(
     `context`, the body renders empty, or a text is too long for the channel: SMS over
     settings.SMS_MAX_SEGMENTS segments, LINE over LINE_MAX_TEXT_UNITS UTF-16 units, e-mail over
     EMAIL_MAX_BODY_CHARS (body) or EMAIL_MAX_SUBJECT_CHARS or a line break (subject). Raises
-    ValueError for a channel that is not a ContactChannel. `memo`: as for render, one per
-    message (the same context) when its texts for several channels are made.
+    ValueError for a channel that is not a ContactChannel.
     """
     if channel not in CHANNELS:
         raise ValueError(f"unknown channel {channel!r}")
-    text = render(body, context, memo)
+    text = render(body, context)
     if not text:
         raise TemplateRenderError(RenderFailure.EMPTY, _("the text is empty"))
     if channel == ContactChannel.SMS:
@@ -360,7 +352,7 @@ def render_message(
             len(text),
             EMAIL_MAX_BODY_CHARS,
         )
-    title = render(subject, context, memo)
+    title = render(subject, context)
     if len(title) > EMAIL_MAX_SUBJECT_CHARS:
         raise _too_long(
             _("e-mail subject too long (%(count)d characters, at most %(max)d)"),

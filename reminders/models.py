@@ -41,9 +41,6 @@ class OutboxMessage(models.Model):
         default=list,
         help_text=_("Channels still to try, in order, if this one fails for good."),
     )
-    # {"line": ["subject", "body"], ...} for channels_left, rendered when planned. Encrypted:
-    # the texts name the patient.
-    fallbacks = EncryptedTextField(blank=True, erase_with_patient=True)
     status = models.CharField(
         _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED
     )

@@ -57,10 +57,10 @@ def retention_apply(*, now: datetime, batch: int = BATCH) -> Counter[str]:
     done: Counter[str] = Counter()
     if cutoff := _cutoff(now, settings.RETAIN_MESSAGE_TEXT_DAYS):
         texts = OutboxMessage.objects.filter(status__in=FINAL, due_at__lt=cutoff).exclude(
-            Q(body="") & Q(subject="") & Q(fallbacks="")
+            Q(body="") & Q(subject="")
         )
         done["message texts"] = _in_batches(
-            texts, lambda rows: rows.update(body="", subject="", fallbacks=""), batch=batch
+            texts, lambda rows: rows.update(body="", subject=""), batch=batch
         )
     if cutoff := _cutoff(now, settings.RETAIN_ATTEMPTS_DAYS):
         attempts = Attempt.objects.filter(started_at__lt=cutoff, message__status__in=FINAL)

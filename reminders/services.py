@@ -8,7 +8,6 @@ idempotency key), marks the message `unknown` for a person to check instead of s
 LINE pushes carry the message uuid as X-Line-Retry-Key, so those are safely retried.
 """
 
-import json
 import logging
 import time as clock
 import uuid
@@ -28,7 +27,9 @@ from django.utils.translation import gettext as _
 
 from campaigns.costs import channel_size
 from campaigns.kinds import KINDS
+from campaigns.planner import fallback_text
 from campaigns.policy import Action, send_decision
+from campaigns.templating import TemplateRenderError
 from consent.models import Channel
 from patients.models import ClinicProfile
 from reminders.channels.base import ChannelError, OutcomeUnknown, OutgoingMessage, get_channel
@@ -242,22 +243,25 @@ def _next_channel(
     message ends as `exhausted` (dropped when consent stopped it, failed when providers did),
     and a message a person must not miss (a visit, a post-op check-in) becomes a call task.
     The gate checks consent for the new channel when the message comes round again."""
-    fallbacks = json.loads(message.fallbacks or "{}")
     # Keep why each earlier channel was passed over: staff read the whole story on the row.
     reason = "; ".join(filter(None, [message.error, reason]))
     remaining = list(message.channels_left)
     while remaining:
         channel = remaining.pop(0)
-        if channel in fallbacks:
-            subject, body = fallbacks[channel]
+        try:
+            text = fallback_text(message, channel, now=now)
+        except TemplateRenderError as error:  # its words hold no patient data
+            reason = f"{reason}; {Channel(channel).label}: {error}"
+            continue
+        if text is not None:
             _finish(
                 message,
                 channel=channel,
                 channels_left=remaining,
-                subject=subject,
-                body=body,
+                subject=text.subject,
+                body=text.body,
                 # What it costs changes with the channel and its text.
-                **channel_size(channel, body, message.patient.phone),
+                **channel_size(channel, text.body, message.patient.phone),
                 status=Status.QUEUED,
                 attempts=message.attempts,
                 next_attempt_at=now,

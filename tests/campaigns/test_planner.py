@@ -4,6 +4,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from campaigns.models import Rule, Skip
+from campaigns.planner import fallback_text
 from consent.models import Channel, Purpose
 from patients.models import Appointment, ClinicProfile, Condition, RefillWindow
 from patients.services import prescription_sync_refills
@@ -211,7 +212,7 @@ def test_closed_day_makes_a_same_day_greeting_stale(clinic):
     assert skip_reason(patient, rule) == "stale"
 
 
-def test_preferred_channel_goes_first_and_the_others_wait_as_fallbacks():
+def test_preferred_channel_goes_first_and_the_others_wait_with_their_texts_made_when_needed():
     only("生日祝福")
     patient = PatientFactory(
         birth_date=dt.date(1970, 11, 24), line_user_id="U" + "b" * 32, preferred_channel="sms"
@@ -224,7 +225,11 @@ def test_preferred_channel_goes_first_and_the_others_wait_as_fallbacks():
     message = OutboxMessage.objects.get()
     assert message.channel == "sms"
     assert message.channels_left == ["line", "email"]
-    assert "生日快樂" in message.fallbacks
+    assert "生日快樂" in message.body
+    # The LINE text is made only if the message falls through to LINE (tests/reminders/
+    # test_fallthrough.py); made now, it greets the same patient.
+    line = fallback_text(message, "line", now=taipei(2026, 11, 24, 10, 0))
+    assert line is not None and "生日快樂" in line.body
 
 
 # --- post-op ----------------------------------------------------------------------------------
@@ -460,26 +465,6 @@ def test_a_rule_without_a_template_for_the_channel_records_why():
     plan(taipei(2026, 11, 24, 8, 0))
 
     assert skip_reason(patient, rule) == "no_template"
-
-
-def test_a_fallback_too_long_for_its_channel_is_left_out_not_the_message(settings):
-    settings.SMS_MAX_SEGMENTS = 1
-    only("生日祝福")
-    patient = PatientFactory(
-        birth_date=dt.date(1970, 11, 24),
-        name="陳" * 80,
-        sex="U",
-        line_user_id="U" + "b" * 32,
-        preferred_channel="line",
-    )
-    grant(patient, Purpose.RELATIONSHIP, Channel.LINE)
-
-    plan(taipei(2026, 11, 24, 8, 0))
-
-    message = OutboxMessage.objects.get()
-    assert message.channel == "line"
-    assert message.channels_left == ["email"]  # SMS would have been two segments
-    assert "sms" not in message.fallbacks and "email" in message.fallbacks
 
 
 def test_one_broken_rule_does_not_stop_the_others():

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from campaigns.links import TOKEN_CHARS
 from campaigns.models import MessageTemplate
-from campaigns.planner import plan_rule
+from campaigns.planner import fallback_text, plan_rule
 from campaigns.templating import (
     LINK_MAX_CHARS,
     TemplateProblem,
@@ -120,19 +120,24 @@ def test_the_planner_gives_each_message_its_own_link(clinic):
     assert len({link.token for link in TrackedLink.objects.all()}) == 3
 
 
-def test_a_fallback_text_shares_the_messages_token_for_the_same_address(clinic):
+def test_a_fallback_text_gets_its_links_when_it_is_made(clinic):
     rule = _birthday_with_link()
     rule.channel_order = ["sms", "line"]
     rule.save()
     patient = PatientFactory(birth_date=dt.date(1960, 11, 24), line_user_id="U" + "b" * 32)
     grant(patient, Purpose.RELATIONSHIP, Channel.SMS)
-
     plan(BIRTHDAY)
-
     message = OutboxMessage.objects.get()
-    token = TrackedLink.objects.get(message=message).token
-    assert LINK_RE.findall(message.body) == [token]
-    assert LINK_RE.findall(message.fallbacks) == [token]
+    first = TrackedLink.objects.get(message=message)
+    assert LINK_RE.findall(message.body) == [first.token]
+
+    later = BIRTHDAY + dt.timedelta(hours=3)
+    line = fallback_text(message, "line", now=later)
+
+    assert line is not None
+    made = TrackedLink.objects.get(message=message, created_at=later)
+    assert LINK_RE.findall(line.body) == [made.token] and made.token != first.token
+    assert (made.rule, made.url) == (rule, first.url)
 
 
 def test_planning_links_takes_a_few_queries_per_batch_not_one_per_message(clinic):

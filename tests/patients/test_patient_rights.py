@@ -207,7 +207,6 @@ def test_erasure_blanks_the_texts_of_messages_but_keeps_their_count(patient, man
         expires_at=now,
         subject="回診通知",
         body=f"{NAME}您好，提醒您明天回診",
-        fallbacks='{"email": ["回診通知", "陳小姐您好"]}',
     )
 
     # when
@@ -215,5 +214,5 @@ def test_erasure_blanks_the_texts_of_messages_but_keeps_their_count(patient, man
 
     # then
     message = OutboxMessage.objects.get(patient=patient)
-    assert (message.subject, message.body, message.fallbacks) == ("", "", "")
+    assert (message.subject, message.body) == ("", "")
     assert message.status == "sent"

@@ -12,11 +12,18 @@ import pytest
 from django.core.management import call_command
 
 from campaigns.models import Skip, SkipReason
+from campaigns.templating import display_name
 from consent.models import Channel, Purpose
+from patients.models import Condition
 from reminders.channels.base import ChannelError, _load
 from reminders.channels.memory import MemoryChannel
 from reminders.models import Attempt, OutboxMessage, StaffTask, Status
-from tests.factories import AppointmentFactory, PatientFactory, grant
+from tests.factories import (
+    AppointmentFactory,
+    PatientFactory,
+    VisitFactory,
+    grant,
+)
 from tests.helpers import MEMORY, dispatch, only, plan, taipei
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("memory_channels", "english")]
@@ -99,6 +106,82 @@ def test_a_birthday_greeting_that_cannot_be_delivered_makes_no_call_task(clinic,
 
     assert OutboxMessage.objects.get().status == Status.FAILED
     assert not StaffTask.objects.exists()
+
+
+# --- a later channel's text is made when the message falls through to it ------------------------
+
+
+def test_the_next_channels_text_is_made_at_fall_through_from_the_template_of_now(
+    notice, memory_channels
+):
+    grant(notice.patient, Purpose.CARE, Channel.LINE)
+    template = notice.rule.templates.get(channel="line", language="zh-hant")
+    template.body = "{{ patient.display_name }}：{{ appointment.date }} {{ appointment.time }} 回診"
+    template.save()
+    MemoryChannel.fail_next(ChannelError("invalid number", permanent=True))
+
+    dispatch(taipei(2026, 11, 24, 10, 1))
+    notice.refresh_from_db()
+    dispatch(notice.next_attempt_at)
+
+    notice.refresh_from_db()
+    assert (notice.channel, notice.status) == ("line", Status.SENT)
+    name = display_name(notice.patient.name, notice.patient.sex, "zh-hant")
+    assert notice.body == f"{name}：12月1日（二） 14:30 回診"
+    assert [m.body for m in memory_channels] == [notice.body]
+
+
+def test_a_fallback_too_long_for_its_channel_is_passed_over_with_the_reason(
+    clinic, settings, memory_channels
+):
+    settings.SMS_MAX_SEGMENTS = 1
+    only("生日祝福")
+    patient = PatientFactory(
+        birth_date=dt.date(1970, 11, 24),
+        name="陳" * 80,
+        sex="U",
+        line_user_id="U" + "b" * 32,
+        email="chen@example.test",
+        preferred_channel="line",
+    )
+    for channel in (Channel.LINE, Channel.SMS, Channel.EMAIL):
+        grant(patient, Purpose.RELATIONSHIP, channel)
+    plan(taipei(2026, 11, 24, 8, 0))
+    message = OutboxMessage.objects.get()
+    assert (message.channel, message.channels_left) == ("line", ["sms", "email"])
+    MemoryChannel.fail_next(ChannelError("blocked", permanent=True))
+
+    dispatch(message.due_at)
+    message.refresh_from_db()
+    dispatch(message.next_attempt_at)
+
+    message.refresh_from_db()
+    assert (message.channel, message.status) == ("email", Status.SENT)
+    assert "too long for SMS" in message.error  # two segments, at most one
+    assert [m.channel for m in memory_channels] == ["email"]
+    assert "陳" * 80 in memory_channels[0].body
+
+
+def test_a_recall_falls_through_with_its_last_visit_read_again(clinic, memory_channels):
+    rule = only("慢性病回診召回")
+    patient = PatientFactory(line_user_id="U" + "c" * 32, preferred_channel="sms")
+    patient.conditions.add(Condition.objects.get(code="hypertension"))
+    grant(patient, rule.purpose, Channel.SMS)
+    grant(patient, rule.purpose, Channel.LINE)
+    last = dt.date(2026, 11, 24) - dt.timedelta(days=max(rule.offsets))
+    VisitFactory(patient=patient, visited_on=last, department="心臟內科")
+    plan(taipei(2026, 11, 24, 8, 0))
+    message = OutboxMessage.objects.get()
+    assert message.channel == "sms" and "line" in message.channels_left
+    MemoryChannel.fail_next(ChannelError("invalid number", permanent=True))
+
+    dispatch(message.due_at)
+    message.refresh_from_db()
+    dispatch(message.next_attempt_at)
+
+    message.refresh_from_db()
+    assert (message.channel, message.status) == ("line", Status.SENT)
+    assert f"{last.month}月{last.day}日" in message.body
 
 
 # --- 4: a channel without credentials is off ------------------------------------------------

@@ -47,7 +47,6 @@ def message(n: int, *, days_ago: int, status: str = Status.DELIVERED) -> OutboxM
         sent_at=due if status != Status.QUEUED else None,
         subject="",
         body="王小明您好，明天上午十點回診",
-        fallbacks='{"line": ["", "王小明您好"]}',
         segments=2,
     )
     Attempt.objects.create(
@@ -68,7 +67,7 @@ def test_the_words_of_a_final_message_go_after_the_retention_days_and_its_row_st
 
     assert done["message texts"] == 1
     kept = stored(old)
-    assert (kept.body, kept.subject, kept.fallbacks) == ("", "", "")
+    assert (kept.body, kept.subject) == ("", "")
     # What the figures need stays: who, when, which channel, what it cost, how it ended.
     assert (kept.status, kept.channel, kept.segments) == (Status.DELIVERED, "sms", 2)
     assert kept.sent_at == NOW - timedelta(days=181)

@@ -11,7 +11,7 @@ from twilio.request_validator import RequestValidator
 
 from campaigns.models import Rule
 from reminders.models import OutboxMessage, Status
-from tests.factories import PatientFactory
+from tests.factories import AppointmentFactory, PatientFactory
 
 pytestmark = pytest.mark.django_db
 TOKEN = "test-auth-token"
@@ -26,15 +26,17 @@ def twilio_settings(settings):
 
 
 def outbox_sms(**fields):
+    """A return-visit notice by SMS, with e-mail to fall through to (its text made then)."""
     now = timezone.now()
+    patient = PatientFactory()
     return OutboxMessage.objects.create(
         rule=Rule.objects.get(name__startswith="回診通知"),
-        patient=PatientFactory(),
+        patient=patient,
+        appointment=AppointmentFactory(patient=patient, starts_at=now + dt.timedelta(days=2)),
         occurrence_key=uuid.uuid4().hex,
         purpose="care",
         channel="sms",
         channels_left=["email"],
-        fallbacks='{"email": ["回診通知", "text"]}',
         due_at=now,
         next_attempt_at=now,
         expires_at=now + dt.timedelta(days=1),
@@ -106,6 +108,7 @@ def test_undelivered_sms_moves_on_to_the_next_channel_once(client, sent_sms):
 
     sent_sms.refresh_from_db()
     assert (sent_sms.status, sent_sms.channel, sent_sms.channels_left) == ("queued", "email", [])
+    assert sent_sms.subject and "回診" in sent_sms.body  # the e-mail's text, made now
     assert "30005" in sent_sms.error
 
 
