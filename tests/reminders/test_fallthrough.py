@@ -111,6 +111,16 @@ def test_a_birthday_greeting_that_cannot_be_delivered_makes_no_call_task(clinic,
 # --- a later channel's text is made when the message falls through to it ------------------------
 
 
+def fall_through(message):
+    """`message`'s first channel fails for good when it is due; it goes on the next one."""
+    MemoryChannel.fail_next(ChannelError("invalid number", permanent=True))
+    dispatch(message.due_at)
+    message.refresh_from_db()
+    dispatch(message.next_attempt_at)
+    message.refresh_from_db()
+    return message
+
+
 def test_the_next_channels_text_is_made_at_fall_through_from_the_template_of_now(
     notice, memory_channels
 ):
@@ -118,13 +128,9 @@ def test_the_next_channels_text_is_made_at_fall_through_from_the_template_of_now
     template = notice.rule.templates.get(channel="line", language="zh-hant")
     template.body = "{{ patient.display_name }}：{{ appointment.date }} {{ appointment.time }} 回診"
     template.save()
-    MemoryChannel.fail_next(ChannelError("invalid number", permanent=True))
 
-    dispatch(taipei(2026, 11, 24, 10, 1))
-    notice.refresh_from_db()
-    dispatch(notice.next_attempt_at)
+    fall_through(notice)
 
-    notice.refresh_from_db()
     assert (notice.channel, notice.status) == ("line", Status.SENT)
     name = display_name(notice.patient.name, notice.patient.sex, "zh-hant")
     assert notice.body == f"{name}：12月1日（二） 14:30 回診"
@@ -149,13 +155,9 @@ def test_a_fallback_too_long_for_its_channel_is_passed_over_with_the_reason(
     plan(taipei(2026, 11, 24, 8, 0))
     message = OutboxMessage.objects.get()
     assert (message.channel, message.channels_left) == ("line", ["sms", "email"])
-    MemoryChannel.fail_next(ChannelError("blocked", permanent=True))
 
-    dispatch(message.due_at)
-    message.refresh_from_db()
-    dispatch(message.next_attempt_at)
+    fall_through(message)
 
-    message.refresh_from_db()
     assert (message.channel, message.status) == ("email", Status.SENT)
     assert "too long for SMS" in message.error  # two segments, at most one
     assert [m.channel for m in memory_channels] == ["email"]
@@ -173,13 +175,9 @@ def test_a_recall_falls_through_with_its_last_visit_read_again(clinic, memory_ch
     plan(taipei(2026, 11, 24, 8, 0))
     message = OutboxMessage.objects.get()
     assert message.channel == "sms" and "line" in message.channels_left
-    MemoryChannel.fail_next(ChannelError("invalid number", permanent=True))
 
-    dispatch(message.due_at)
-    message.refresh_from_db()
-    dispatch(message.next_attempt_at)
+    fall_through(message)
 
-    message.refresh_from_db()
     assert (message.channel, message.status) == ("line", Status.SENT)
     assert f"{last.month}月{last.day}日" in message.body
 
