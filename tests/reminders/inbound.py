@@ -1,5 +1,6 @@
 """Signed webhook calls from patients, as the providers sign them (Twilio's RequestValidator,
-LINE's HMAC checked with the SDK's own SignatureValidator): shared by the inbox tests."""
+LINE's HMAC checked with the SDK's own SignatureValidator), and the clock, settings and patient
+the inbox, button, staff-message and survey tests share."""
 
 import base64
 import hashlib
@@ -7,13 +8,44 @@ import hmac
 import json
 import uuid
 
+import pytest
+import time_machine
 from django.urls import reverse
 from django.utils import timezone
 from linebot.v3.webhook import SignatureValidator
 from twilio.request_validator import RequestValidator
 
+from consent.models import Channel
+from tests.factories import PatientFactory, grant
+from tests.helpers import taipei
+
 TOKEN, SECRET = "test-auth-token", "test-line-secret"
 BASE = "https://crm.clinic.example"
+NOW = taipei(2026, 3, 10, 10, 0)  # a Tuesday morning, inside the send window
+PHONE = "+886912345678"
+LINE_ID = "U" + "5" * 32
+
+
+def frozen_at(moment):
+    """A module's autouse fixture: the providers' settings, the clinic, the clock at `moment`:
+    `frozen = frozen_at(NOW)`."""
+
+    @pytest.fixture(autouse=True)
+    def frozen(settings, clinic):
+        provider_settings(settings)
+        with time_machine.travel(moment, tick=False):
+            yield
+
+    return frozen
+
+
+def patient_on_sms_and_line(purpose=None):
+    """A patient with PHONE and LINE_ID; with `purpose`, who consented to it on both."""
+    patient = PatientFactory(phone=PHONE, line_user_id=LINE_ID)
+    if purpose is not None:
+        for channel in (Channel.SMS, Channel.LINE):
+            grant(patient, purpose, channel)
+    return patient
 
 
 def provider_settings(settings):

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from campaigns.models import Rule
-from consent.models import Channel, Purpose
+from consent.models import Purpose
 from reminders.inbox import (
     MAX_TEXT_CHARS,
     TRUNCATED_MARK,
@@ -24,31 +24,30 @@ from reminders.inbox import (
 )
 from reminders.models import InboundMessage, OutboxMessage, StaffTask, Status
 from reminders.retention import retention_apply
-from tests.factories import AppointmentFactory, PatientFactory, ProcedureFactory, grant
-from tests.helpers import taipei
+from tests.factories import AppointmentFactory, PatientFactory, ProcedureFactory
 
-from .inbound import line_event, line_post, line_text, provider_settings, sms_from
+from .inbound import (
+    LINE_ID,
+    NOW,
+    PHONE,
+    frozen_at,
+    line_event,
+    line_post,
+    line_text,
+    patient_on_sms_and_line,
+    sms_from,
+)
 
 pytestmark = pytest.mark.django_db
-NOW = taipei(2026, 3, 10, 10, 0)  # a Tuesday morning, inside the send window
-PHONE = "+886912345678"
-LINE_ID = "U" + "5" * 32
 STRANGER = "U" + "9" * 32
 
 
-@pytest.fixture(autouse=True)
-def frozen(settings, clinic):
-    provider_settings(settings)
-    with time_machine.travel(NOW, tick=False):
-        yield
+frozen = frozen_at(NOW)
 
 
 @pytest.fixture
 def patient():
-    patient = PatientFactory(phone=PHONE, line_user_id=LINE_ID)
-    for channel in (Channel.SMS, Channel.LINE):
-        grant(patient, Purpose.CARE, channel)
-    return patient
+    return patient_on_sms_and_line(Purpose.CARE)
 
 
 def raw_text(row):

@@ -9,7 +9,6 @@ import logging
 import uuid
 
 import pytest
-import time_machine
 from django.utils import timezone
 
 from campaigns.models import Rule
@@ -19,31 +18,29 @@ from reminders.answers import MAX_DATA_CHARS, Answer, postback_data, postback_pa
 from reminders.models import InboundMessage, OutboxMessage, StaffTask, Status
 from reminders.services import messages_dispatch
 from tests.factories import AppointmentFactory, PatientFactory, ProcedureFactory, grant
-from tests.helpers import taipei
 
 from . import contract
-from .inbound import line_event, line_post, provider_settings, sms_from
+from .inbound import (
+    LINE_ID,
+    NOW,
+    PHONE,
+    frozen_at,
+    line_event,
+    line_post,
+    patient_on_sms_and_line,
+    sms_from,
+)
 
 pytestmark = pytest.mark.django_db
-NOW = taipei(2026, 3, 10, 10, 0)  # a Tuesday morning, inside the send window
-PHONE = "+886912345678"
-LINE_ID = "U" + "5" * 32
 OTHER_LINE_ID = "U" + "6" * 32
 
 
-@pytest.fixture(autouse=True)
-def frozen(settings, clinic):
-    provider_settings(settings)
-    with time_machine.travel(NOW, tick=False):
-        yield
+frozen = frozen_at(NOW)
 
 
 @pytest.fixture
 def patient():
-    patient = PatientFactory(phone=PHONE, line_user_id=LINE_ID)
-    for channel in (Channel.SMS, Channel.LINE):
-        grant(patient, Purpose.CARE, channel)
-    return patient
+    return patient_on_sms_and_line(Purpose.CARE)
 
 
 def _message(rule, patient, *, channel="line", status=Status.SENT, **refs):

@@ -15,28 +15,31 @@ from consent.models import Channel, Purpose
 from patients.models import AuditEntry
 from reminders.inbox import MessageRefused, staff_message_queue
 from reminders.models import InboundMessage, OutboxMessage, Snippet, Status
-from tests.factories import PatientFactory, grant, withdraw
+from tests.factories import grant, withdraw
 from tests.helpers import dispatch, taipei
 
-from .inbound import line_event, line_post, line_text, provider_settings, sms_from
+from .inbound import (
+    LINE_ID,
+    NOW,
+    PHONE,
+    frozen_at,
+    line_event,
+    line_post,
+    line_text,
+    patient_on_sms_and_line,
+    sms_from,
+)
 
 pytestmark = pytest.mark.django_db
-NOW = taipei(2026, 3, 10, 10, 0)  # a Tuesday morning, inside the send window
-PHONE = "+886912345678"
-LINE_ID = "U" + "5" * 32
 
 
-@pytest.fixture(autouse=True)
-def frozen(settings, clinic):
-    provider_settings(settings)
-    with time_machine.travel(NOW, tick=False):
-        yield
+frozen = frozen_at(NOW)
 
 
 @pytest.fixture
 def patient():
     """A patient who never agreed to messages on any channel."""
-    return PatientFactory(phone=PHONE, line_user_id=LINE_ID)
+    return patient_on_sms_and_line()
 
 
 @pytest.fixture

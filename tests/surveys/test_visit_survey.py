@@ -27,22 +27,24 @@ from tests.factories import (
     grant,
 )
 from tests.helpers import only, plan, taipei
-from tests.reminders.inbound import line_event, line_post, line_text, provider_settings, sms_from
+from tests.reminders.inbound import (
+    LINE_ID,
+    PHONE,
+    frozen_at,
+    line_event,
+    line_post,
+    line_text,
+    sms_from,
+)
 from tests.reminders.test_line_buttons import _nested_violations
 
 pytestmark = pytest.mark.django_db
 NOW = taipei(2026, 3, 10, 9, 0)  # a Tuesday; the survey goes out at 10:00
 TODAY = NOW.date()
 SEND_AT = taipei(2026, 3, 10, 10, 0)
-PHONE = "+886912345678"
-LINE_ID = "U" + "5" * 32
 
 
-@pytest.fixture(autouse=True)
-def frozen(settings, clinic):
-    provider_settings(settings)
-    with time_machine.travel(NOW, tick=False):
-        yield
+frozen = frozen_at(NOW)
 
 
 @pytest.fixture
