@@ -142,18 +142,12 @@ def test_dev_file_never_overrides_the_environment(tmp_path, monkeypatch):
     [("", "ORM"), ("redis://127.0.0.1:6379/15", "Redis")],
 )
 def test_worker_uses_the_database_broker_unless_redis_url_is_set(redis_url, broker, tmp_path):
-    # Its own database: the test database may not be reachable by name from a subprocess.
-    database = f"sqlite:///{tmp_path / 'probe.sqlite3'}"
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database}
     probe = (
         "from django_q.brokers import get_broker; b = get_broker(); "
         "print(type(b).__name__, b.ping())"
     )
 
-    result = manage("shell", "-c", probe, env=env)
-
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == f"{broker} True"
+    assert _probe(probe, redis_url=redis_url, tmp_path=tmp_path) == f"{broker} True"
 
 
 @pytest.mark.parametrize(
@@ -164,14 +158,19 @@ def test_the_cache_every_process_shares_is_redis_when_redis_url_is_set(
     redis_url, backend, tmp_path
 ):
     # The patient link's wrong-token limit counts in the cache: one count for all web processes.
-    database = f"sqlite:///{tmp_path / 'probe.sqlite3'}"
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database}
     probe = (
         "from django.core.cache import caches; cache = caches['default']; "
         "cache.set('probe', 1, 5); print(type(cache).__name__, cache.get('probe'))"
     )
 
-    result = manage("shell", "-c", probe, env=env)
+    assert _probe(probe, redis_url=redis_url, tmp_path=tmp_path) == f"{backend} 1"
 
+
+def _probe(code, *, redis_url, tmp_path):
+    """The last line `code` prints in `manage.py shell` with REDIS_URL as given, on a database
+    of its own (the test database may not be reachable by name from a subprocess)."""
+    database = f"sqlite:///{tmp_path / 'probe.sqlite3'}"
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database}
+    result = manage("shell", "-c", code, env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == f"{backend} 1"
+    return result.stdout.strip().splitlines()[-1]
