@@ -35,6 +35,23 @@ def _staff(username, group_name):
     return user
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
+    """On SQLite the test database is a file, not Django's in-memory default: in memory, the
+    end-to-end tests' live server shares the test's one connection across two threads, and a
+    page request still running while the test reads or flushes the database fails one of them
+    ("cannot release savepoint - SQL statements in progress"). With a file each thread has its
+    own connection, as on PostgreSQL; in WAL mode a page's read never holds up the test's write
+    or the other way round."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        path = tmp_path_factory.mktemp("database") / "test.sqlite3"
+        database.setdefault("TEST", {})["NAME"] = str(path)
+        database.setdefault("OPTIONS", {})["init_command"] = "PRAGMA journal_mode=WAL;"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _flush_past_append_only_triggers():
     """A transactional test ends by truncating every table, which the append-only tables refuse
