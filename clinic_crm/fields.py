@@ -188,6 +188,11 @@ class BlindIndexField(models.CharField):
     `source` may name several fields (a tuple): their values are joined with SOURCE_SEPARATOR
     before the normaliser sees them, so one index can answer "these two facts together" (the
     phone's last four digits and the birth date) without either being searchable alone.
+
+    A digest is only ever matched whole, so index it with a plain index in the model's
+    Meta.indexes, not db_index: on PostgreSQL db_index on a CharField also makes a second,
+    LIKE-pattern index (varchar_pattern_ops) that no search of a digest can use and every
+    insert pays for.
     """
 
     SOURCE_SEPARATOR = SOURCE_SEPARATOR
@@ -207,7 +212,6 @@ class BlindIndexField(models.CharField):
         kw.setdefault("null", True)
         kw.setdefault("blank", True)
         kw.setdefault("editable", False)
-        kw.setdefault("db_index", True)
         super().__init__(*args, **kw)
 
     def deconstruct(self):

@@ -1,4 +1,6 @@
 import base64
+import hashlib
+import hmac
 import os
 import shutil
 import subprocess
@@ -138,6 +140,18 @@ def test_every_phone_spelling_finds_the_same_patient(stored_as):
 
     # then
     assert found == [[patient]] * len(PHONE_SPELLINGS)
+
+
+def test_blind_index_is_hmac_sha256_of_domain_and_value_under_the_key(settings):
+    # Stored digests must never change with the code that computes them: every search and
+    # match would silently find nothing. Two keys in turn: the keyed HMAC is kept per key.
+    for raw in (settings.BLIND_INDEX_KEY, base64.urlsafe_b64encode(os.urandom(32)).decode()):
+        settings.BLIND_INDEX_KEY = raw
+        key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        for domain, value in (("phone", "+886912345678"), ("name", "林美玲"), ("email", "")):
+            expected = hmac.new(key, f"{domain}\x00{value}".encode(), hashlib.sha256).hexdigest()
+            assert crypto.blind_index(domain, value) == expected
+            assert crypto.blind_index(domain, value) == expected  # and again, from the copy
 
 
 @pytest.mark.django_db
