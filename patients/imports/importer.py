@@ -236,6 +236,7 @@ def _run(
     columns = _columns(context.spec, positions, _limits(context.spec, handler.model))
     try:
         with transaction.atomic():
+            _probe_by_index()
             batch: list[Parsed] = []
             for row in rows:
                 report.rows_total += 1
@@ -259,6 +260,17 @@ def _run(
             report.written = True
     except _Rollback:
         report.written = False
+
+
+def _probe_by_index() -> None:
+    """Each batch looks up thousands of chart numbers and digests at once. With PostgreSQL's
+    default cost of a random page (4, for spinning disks) the planner answers that by reading
+    the whole patient table, which grows as the import adds to it: each batch slower than the
+    last (95 ms a batch at 100,000 patients, against 27 ms by index). For this transaction
+    only, a random read costs what it does on an SSD or from memory."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL random_page_cost = 1.1")
 
 
 def _apply(
