@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q
+from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, Subquery
 
 from consent.models import Channel, ConsentState
 from patients.models import Patient
@@ -48,20 +48,22 @@ def may_contact(*, patient: Patient, purpose: str, channel: str) -> Decision:
 
     Raises KeyError for an unknown channel.
     """
+    # One statement: the erasure, the address and the consent as of the same moment.
+    state_now = ConsentState.objects.filter(
+        patient_id=OuterRef("pk"), purpose=purpose, channel=channel
+    ).values("granted")
     row = (
         Patient.objects.filter(pk=patient.pk)
         .values(
-            "erased_at", reachable=ExpressionWrapper(has_contact_point(channel), BooleanField())
+            "erased_at",
+            reachable=ExpressionWrapper(has_contact_point(channel), BooleanField()),
+            state=Subquery(state_now),
         )
         .first()
     )
     if row is None or row["erased_at"] is not None:
         return Decision(False, Reason.ERASED)
-    state = (
-        ConsentState.objects.filter(patient_id=patient.pk, purpose=purpose, channel=channel)
-        .values_list("granted", flat=True)
-        .first()
-    )
+    state = row["state"]  # None: nothing recorded for this purpose and channel
     if state is None:
         return Decision(False, Reason.NO_CONSENT)
     if not state:
