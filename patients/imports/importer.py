@@ -116,15 +116,18 @@ class Context:
                 patients=[],
                 detail=f"{self.spec.kind} {self.file_name}"[:300],
             )
-        # One INSERT … SELECT per batch (not a model object per patient); a patient linked by
-        # an earlier batch (their second visit) is skipped by the unique (entry, patient).
-        among, ids = any_sql("id", sorted(patients), Patient._meta.pk.db_type(connection))
+        # One INSERT … SELECT per batch (not a model object per patient). A patient linked by
+        # an earlier batch (their second visit) is left out before inserting, cheaper than
+        # letting each row meet the unique (entry, patient), which still guards the rest.
+        among, ids = any_sql("p.id", sorted(patients), Patient._meta.pk.db_type(connection))
+        links = AuditLink._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {AuditLink._meta.db_table} (entry_id, patient_id, patient_uuid) "  # noqa: S608
-                f"SELECT %s, id, uuid FROM {Patient._meta.db_table} "
-                f"WHERE {among} ON CONFLICT DO NOTHING",
-                [self.audit.pk, *ids],
+                f"INSERT INTO {links} (entry_id, patient_id, patient_uuid) "  # noqa: S608
+                f"SELECT %s, p.id, p.uuid FROM {Patient._meta.db_table} p WHERE {among} "
+                f"AND NOT EXISTS (SELECT 1 FROM {links} l WHERE l.entry_id = %s "
+                "AND l.patient_id = p.id) ON CONFLICT DO NOTHING",
+                [self.audit.pk, *ids, self.audit.pk],
             )
 
 

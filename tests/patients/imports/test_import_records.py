@@ -3,7 +3,14 @@ import datetime as dt
 import pytest
 
 from patients.imports import read_table, run_import, suggest_mapping
-from patients.models import Appointment, Prescription, Procedure, RefillWindow, Visit
+from patients.models import (
+    Appointment,
+    AuditEntry,
+    Prescription,
+    Procedure,
+    RefillWindow,
+    Visit,
+)
 from tests.factories import AppointmentFactory, PatientFactory
 from tests.helpers import taipei
 from tests.patients.imports.files import NOW, write_csv
@@ -204,6 +211,9 @@ def test_a_50000_row_file(tmp_path):
 
     assert report.added == 50_000 and not report.errors and Visit.objects.count() == 50_000
     assert seen[-1] == 50_000 and len(seen) > 10  # progress once per batch
+    # Every batch names the same 50 patients: the run's audit entry links each of them once.
+    entry = AuditEntry.objects.get(action=AuditEntry.Action.IMPORT)
+    assert entry.patients.count() == 50 and entry.links.count() == 50
 
 
 def test_batch_lookups_may_use_the_indexes_on_postgresql(tmp_path, patient, monkeypatch):
