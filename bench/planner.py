@@ -157,12 +157,12 @@ def planner_due_sets(url: str, now: datetime, runs: int) -> tuple[list[dict], di
         timings = []
         for _ in range(runs):
             started = time.perf_counter()
-            query, expand = due_set(rule, now=now, profile=profile)
+            query, selection = due_set(rule, now=now, profile=profile)
             rows = list(query)
             timings.append(time.perf_counter() - started)
         sizes[rule.name] = {
             "rows": len(rows),
-            "dues": sum(1 for row in rows for _due in expand(row)),
+            "dues": sum(1 for row in rows for _due in selection.expand(row)),
             "seconds": statistics.median(timings),
         }
         fields = ("name", "kind", "purpose", "offsets", "channel_order")

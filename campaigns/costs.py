@@ -8,8 +8,9 @@ SMS_PRICE_DEFAULT). LINE push messages are free up to the plan's monthly allowan
 price of one more message, so `messages_cost` applies the allowance per calendar month. E-mail
 costs EMAIL_PRICE (0: the clinic's own mail server).
 
-A message's `segments` and `country` are set by the planner, and again by dispatch when it
-moves the message to another channel (campaigns.planner, reminders.services).
+A message's `segments` and `country` are set by dispatch when it makes the message's text for a
+channel, before the first try there (reminders.services); a planned message has no text yet and
+counts as one segment until then.
 """
 
 from decimal import Decimal

@@ -23,8 +23,8 @@ What is approximated, and how:
   messages this forecast plans for the days before it (a patient with two birthday-like
   messages due in one week may be counted twice where the planner would cap the second);
 - the template: a channel counts when the rule has a template for it in the patient's
-  language or in zh-Hant (the planner's fallback); a template that fails to render or is too
-  long for the channel (a skip at planning time) is not foreseen and counts as sent;
+  language or in zh-Hant, as the planner decides; a text that fails to render or is too long
+  for the channel when it is made at send time is not foreseen and counts as sent;
 - appointments booked, records added or consent changed after `now` are not known yet;
 - a queued message counts on the day of its next attempt (or today when that has passed),
   although the gate may still drop it (consent withdrawn, appointment cancelled).
@@ -44,7 +44,6 @@ from django.db.models import (
     BooleanField,
     Count,
     ExpressionWrapper,
-    F,
     Q,
     QuerySet,
     Value,
@@ -58,11 +57,10 @@ from campaigns.planner import BATCH, _existing_keys, due_annotations
 from campaigns.policy import plan_decision
 from campaigns.sendwindow import at_local
 from consent.models import Purpose
-from consent.selectors import patient_prefix
 from patients.models import Appointment, ClinicProfile, Visit
 from reminders.models import OutboxMessage, Status
 
-FALLBACK_LANGUAGE = "zh-hant"  # the planner's template fallback (campaigns.planner._texts)
+FALLBACK_LANGUAGE = "zh-hant"  # the planner's template fallback (campaigns.planner._template)
 
 
 @dataclass(frozen=True)
@@ -335,7 +333,7 @@ def _week_rows(
 
 def _annotated(rule: Rule, rows: QuerySet[Any], *, ref: str, at: datetime) -> QuerySet[Any]:
     """`rows` annotated as campaigns.planner.due_set annotates a kind's selection (its own
-    due_annotations, so the decision reads the same facts), plus the patient's language.
+    due_annotations, so the decision reads the same facts).
 
     Without the withdrawals: plan_decision reads `<channel>_withdrawn` only to name why a row
     reaches no channel (withdrawn rather than never given), and such a row is a skip either
@@ -345,6 +343,5 @@ def _annotated(rule: Rule, rows: QuerySet[Any], *, ref: str, at: datetime) -> Qu
     for name in annotations:
         if name.endswith("_withdrawn"):
             annotations[name] = Value(False, output_field=BooleanField())
-    annotations["language"] = F(f"{patient_prefix(ref)}preferred_language")
     annotated: QuerySet[Any] = rows.annotate(**annotations)
     return annotated.values(*annotations, *KINDS[rule.kind].fields)

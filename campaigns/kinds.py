@@ -53,16 +53,75 @@ class Due:
 
 
 Expand = Callable[[Row], Iterator[Due]]
+Sql = tuple[str, list[Any]]  # an SQL expression and its parameters (%s placeholders)
+NULL: Sql = ("NULL", [])
+
+
+@dataclass(frozen=True)
+class Occurrences:
+    """`expand` written as SQL, for planning a rule in one statement on PostgreSQL
+    (campaigns.plan_sql): expressions over the due set's columns, named `d.<column>`, and over
+    `o.<column>` of `join`, a join that turns one row into several occurrences (doses). Each
+    must give what `expand` gives for the same row; PostgreSQL runs every planner test through
+    them, SQLite through `expand`."""
+
+    key: Sql
+    due_at: Sql
+    expires_at: Sql
+    anchor_at: Sql = ("NULL::timestamptz", [])
+    refs: Mapping[str, Sql] = field(default_factory=dict)
+    no_open_day: Sql = ("false", [])
+    join: Sql = ("", [])
 
 
 @dataclass(frozen=True)
 class Selection:
     """A rule's due set as one query, the path from its rows to the patient, and the expander
-    turning each row into the occurrences it is due for."""
+    turning each row into the occurrences it is due for, in Python and in SQL."""
 
     rows: QuerySet[Any]
     patient_ref: str
     expand: Expand
+    occurrences: Occurrences
+
+
+def _value(value: Any, cast: str) -> Sql:
+    return f"%s::{cast}", [value]
+
+
+def _case(column: str, values: Mapping[Any, Any], cast: str) -> Sql:
+    """CASE `column` WHEN key THEN value … END, as `cast`."""
+    whens = " ".join("WHEN %s THEN %s" for _ in values)
+    return f"(CASE {column} {whens} END)::{cast}", [x for pair in values.items() for x in pair]
+
+
+def _case_by_day(column: str, values: Mapping[date, Any], cast: str, default: Sql = NULL) -> Sql:
+    """CASE by the clinic-local day a timestamp `column` falls on: that day's value."""
+    whens, params = [], []
+    for day, value in values.items():
+        whens.append(f"WHEN {column} >= %s AND {column} < %s THEN %s::{cast}")
+        params += [*day_bounds(day), value]
+    return f"(CASE {' '.join(whens)} ELSE {default[0]} END)", [*params, *default[1]]
+
+
+def _local_midnight(column: str, days: int = 0) -> Sql:
+    """The start of the clinic-local day of a date `column` (plus `days`), as a timestamp."""
+    return f"(({column} + {days:d})::timestamp AT TIME ZONE %s)", [
+        timezone.get_current_timezone_name()
+    ]
+
+
+def _concat(*parts: str | Sql) -> Sql:
+    """Text and SQL expressions joined with ||: a str is a literal, an Sql an expression."""
+    texts, params = [], []
+    for part in parts:
+        if isinstance(part, str):
+            texts.append("%s::text")
+            params.append(part)
+        else:
+            texts.append(f"({part[0]})::text")
+            params += part[1]
+    return " || ".join(texts), params
 
 
 @dataclass(frozen=True)
@@ -113,7 +172,13 @@ def _birthday(rule: Rule, today: date, now: datetime, profile: ClinicProfile) ->
         birthday = targets[row["birth_mmdd"]]
         yield Due(row, f"birthday:{birthday.isoformat()}", send_at, expires)
 
-    return Selection(rows, "id", expand)
+    days = {mmdd: birthday.isoformat() for mmdd, birthday in targets.items()}
+    occurrences = Occurrences(
+        key=_concat("birthday:", _case("d.birth_mmdd", days, "text")),
+        due_at=_value(send_at, "timestamptz"),
+        expires_at=_value(expires, "timestamptz"),
+    )
+    return Selection(rows, "id", expand, occurrences)
 
 
 def _birthday_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
@@ -143,7 +208,31 @@ def _postop(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> S
             refs={"procedure_id": row["procedure_id"]},
         )
 
-    return Selection(rows, "patient_id", expand)
+    on_the_day = [day for day, offset in discharge_days.items() if offset == 0]
+    occurrences = Occurrences(
+        key=_concat(
+            "procedure:",
+            ("d.procedure_id", []),
+            ":day",
+            _case_by_day("d.discharged", discharge_days, "int"),
+        ),
+        # The instructions of the day go at discharge: a day-0 offset is today only.
+        due_at=_on_the_day("d.discharged", on_the_day[0], send_at)
+        if on_the_day
+        else _value(send_at, "timestamptz"),
+        expires_at=_value(expires, "timestamptz"),
+        refs={"procedure_id": ("d.procedure_id", [])},
+    )
+    return Selection(rows, "patient_id", expand, occurrences)
+
+
+def _on_the_day(column: str, day: date, otherwise: datetime) -> Sql:
+    """`column` itself when it falls on `day`, else `otherwise`."""
+    start, end = day_bounds(day)
+    return (
+        f"(CASE WHEN {column} >= %s AND {column} < %s THEN {column} ELSE %s::timestamptz END)",
+        [start, end, otherwise],
+    )
 
 
 def _postop_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
@@ -210,7 +299,39 @@ def _dose(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> Sel
                             anchor_at=dose_at,
                         )
 
-    return Selection(rows, "patient_id", expand)
+    # Each dose time of the row (its JSON list) on today and tomorrow, each offset before it.
+    zone = timezone.get_current_timezone_name()
+    join = (
+        """CROSS JOIN LATERAL (
+            SELECT * FROM (
+                SELECT dd.day, c.clock, m.minutes,
+                    ((dd.day + c.clock::time) AT TIME ZONE %s) AS dose_at
+                FROM jsonb_array_elements_text(COALESCE(d.times, '[]'::jsonb)) AS c(clock),
+                    unnest(%s::date[]) AS dd(day), unnest(%s::int[]) AS m(minutes)
+                WHERE d.start <= dd.day AND dd.day <= d.start + (d.days - 1)
+            ) AS x
+            WHERE x.dose_at > %s AND x.dose_at - x.minutes * interval '1 minute' <= %s
+        ) AS o""",
+        [zone, [today, today + timedelta(days=1)], list(rule.offsets), now, now + DOSE_LOOKAHEAD],
+    )
+    occurrences = Occurrences(
+        key=_concat(
+            "dose:",
+            ("d.prescription_id", []),
+            ":",
+            ("to_char(o.day, 'YYYY-MM-DD')", []),
+            "T",
+            ("o.clock", []),
+            ":",
+            ("o.minutes", []),
+        ),
+        due_at=("o.dose_at - o.minutes * interval '1 minute'", []),
+        expires_at=("o.dose_at", []),
+        anchor_at=("o.dose_at", []),
+        refs={"prescription_id": ("d.prescription_id", [])},
+        join=join,
+    )
+    return Selection(rows, "patient_id", expand, occurrences)
 
 
 def _dose_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
@@ -277,7 +398,17 @@ def _refill(anchor: str) -> Callable[[Rule, date, datetime, ClinicProfile], Sele
                 anchor_at=bounds_of(row["window_opens"])[0],
             )
 
-        return Selection(rows, "prescription__patient_id", expand)
+        offsets = {day: f"{offset:+d}" for day, offset in targets.items()}
+        occurrences = Occurrences(
+            key=_concat(
+                "refill:", ("d.window_id", []), f":{anchor}", _case("d.anchor_day", offsets, "text")
+            ),
+            due_at=_value(send_at, "timestamptz"),
+            expires_at=_local_midnight("d.window_closes", days=1),
+            anchor_at=_local_midnight("d.window_opens"),
+            refs={"refill_window_id": ("d.window_id", []), "prescription_id": ("d.rx_id", [])},
+        )
+        return Selection(rows, "prescription__patient_id", expand, occurrences)
 
     return select
 
@@ -379,7 +510,31 @@ def _appointment(rule: Rule, today: date, now: datetime, profile: ClinicProfile)
             no_open_day=passed,
         )
 
-    return Selection(rows, "patient_id", expand)
+    before = {day: facts(day, offset) for day, offset in visit_days.items() if offset < 0}
+    day_starts = _case_by_day("d.starts", {day: f[0] for day, f in before.items()}, "timestamptz")
+    occurrences = Occurrences(
+        key=_concat("appointment:", ("d.appointment_id", []), ":", _iso_utc("d.starts")),
+        due_at=_value(send_at, "timestamptz"),
+        # LEAST ignores the NULL of a visit day with no day-before offset: the visit itself.
+        expires_at=(f"LEAST(d.starts, {day_starts[0]})", day_starts[1]),
+        anchor_at=("d.starts", []),
+        refs={"appointment_id": ("d.appointment_id", [])},
+        no_open_day=_case_by_day(
+            "d.starts", {day: f[1] for day, f in before.items()}, "boolean", ("false", [])
+        ),
+    )
+    return Selection(rows, "patient_id", expand, occurrences)
+
+
+def _iso_utc(column: str) -> Sql:
+    """A timestamp as Python's isoformat() of it in UTC: 2026-12-05T02:30:00+00:00, with
+    .ffffff only when it has microseconds."""
+    utc = f"({column} AT TIME ZONE 'UTC')"
+    return (
+        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN {column} = "
+        f"date_trunc('second', {column}) THEN '' ELSE to_char({utc}, '.US') END || '+00:00'",
+        [],
+    )
 
 
 def _appointment_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
@@ -451,7 +606,12 @@ def _recall(rule: Rule, today: date, now: datetime, profile: ClinicProfile) -> S
     def expand(row: Row) -> Iterator[Due]:
         yield Due(row, f"recall:{row['last_visit'].isoformat()}", send_at, expires)
 
-    return Selection(rows, "id", expand)
+    occurrences = Occurrences(
+        key=_concat("recall:", ("to_char(d.last_visit, 'YYYY-MM-DD')", [])),
+        due_at=_value(send_at, "timestamptz"),
+        expires_at=_value(expires, "timestamptz"),
+    )
+    return Selection(rows, "id", expand, occurrences)
 
 
 def _recall_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
@@ -536,7 +696,12 @@ def _visit_survey(rule: Rule, today: date, now: datetime, profile: ClinicProfile
     def expand(row: Row) -> Iterator[Due]:
         yield Due(row, f"survey:visit:{row['visit_id']}", send_at, expires)
 
-    return Selection(rows, "patient_id", expand)
+    occurrences = Occurrences(
+        key=_concat("survey:visit:", ("d.visit_id", [])),
+        due_at=_value(send_at, "timestamptz"),
+        expires_at=_value(expires, "timestamptz"),
+    )
+    return Selection(rows, "patient_id", expand, occurrences)
 
 
 def _visit_survey_context(refs: Refs, due: Due, language: str, today: date) -> dict[str, Any]:
@@ -628,7 +793,8 @@ def _never_planned(rule: Rule, today: date, now: datetime, profile: ClinicProfil
     def expand(row: Row) -> Iterator[Due]:
         yield from ()
 
-    return Selection(Patient.objects.none(), "id", expand)
+    nothing = Occurrences(key=NULL, due_at=NULL, expires_at=NULL)
+    return Selection(Patient.objects.none(), "id", expand, nothing)
 
 
 REFILL_TEMPLATE_FIELDS = {"prescription": ("drug", "refill_number", "opens_on", "closes_on")}

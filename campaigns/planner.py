@@ -5,8 +5,9 @@ whose anchor (birthday, discharge, dose, refill window, appointment, last visit)
 falls today, annotated in the same query with everything the send policy needs (consent per
 channel, contact points, audience facts, recent relationship messages). Python walks the due
 set as a stream, a batch at a time, never the patient table and never the whole set at once.
-Rows go in with bulk inserts; the unique key (rule, patient, occurrence) makes planning
-idempotent, also when two workers plan at once.
+Rows go in with bulk inserts, without their texts (`message_text` makes a text when the
+message is sent); the unique key (rule, patient, occurrence) makes planning idempotent, also
+when two workers plan at once.
 """
 
 import logging
@@ -18,15 +19,15 @@ from itertools import islice
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import connection
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
 from campaigns.context import message_context
-from campaigns.costs import channel_size
-from campaigns.kinds import KINDS, Due, Refs, days_in
+from campaigns.kinds import KINDS, Due, Selection, days_in
 from campaigns.links import LINKS_KEY, LinkTokens, site_url, uses_links
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
+from campaigns.plan_sql import STATES, plan_rule_sql
 from campaigns.policy import channel_order_for, plan_decision, policy_annotations
 from campaigns.templating import (
     RenderedText,
@@ -57,32 +58,10 @@ RELATED = {
 }
 
 
-# What making a message reads of its patient (campaigns.context.message_context, the channel
-# order, the SMS country); `uuid` binds the encrypted name and phone to the row.
-MESSAGE_PATIENT_FIELDS = (
-    "uuid",
-    "name",
-    "sex",
-    "birth_date",
-    "phone",
-    "preferred_language",
-    "preferred_channel",
-)
-
-
 @dataclass
 class PlanResult:
     queued: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass(frozen=True)
-class Link:
-    """A tracked link made while rendering `message`, saved once the message has its id."""
-
-    message: OutboxMessage
-    token: str
-    url: str
 
 
 @dataclass(frozen=True)
@@ -92,14 +71,22 @@ class ToQueue:
     send_at: datetime
 
 
-def due_set(rule: Rule, *, now: datetime, profile: ClinicProfile) -> tuple[QuerySet[Any], Any]:
-    """The rule's due rows, annotated for the decision, as one query; and their expander."""
+def due_set(
+    rule: Rule, *, now: datetime, profile: ClinicProfile, consent_states: bool = True
+) -> tuple[QuerySet[Any], Selection]:
+    """The rule's due rows, annotated for the decision, as one query; and the kind's selection
+    they come from, whose `expand` (or `occurrences`, in SQL) makes their occurrences. Without
+    `consent_states`, the rows lack `<channel>_granted` and `<channel>_withdrawn`, which
+    campaigns.plan_sql joins itself."""
     today = timezone.localdate(now)
     kind = KINDS[rule.kind]
     selection = kind.select(rule, today, now, profile)
     annotations = due_annotations(rule, patient_ref=selection.patient_ref, at=now)
+    if not consent_states:
+        states = tuple(f"{channel}_{state}" for channel in rule.channel_order for state in STATES)
+        annotations = {name: value for name, value in annotations.items() if name not in states}
     fields = [*annotations, *kind.fields]
-    return selection.rows.annotate(**annotations).values(*fields), selection.expand
+    return selection.rows.annotate(**annotations).values(*fields), selection
 
 
 def due_annotations(rule: Rule, *, patient_ref: str, at: datetime) -> dict[str, Any]:
@@ -112,6 +99,7 @@ def due_annotations(rule: Rule, *, patient_ref: str, at: datetime) -> dict[str, 
         "birth": F(f"{prefix}birth_date"),
         "patient_sex": F(f"{prefix}sex"),
         "preferred": F(f"{prefix}preferred_channel"),
+        "language": F(f"{prefix}preferred_language"),
         **policy_annotations(rule=rule, patient_ref=patient_ref, at=at),
     }
     if rule.conditions.exists():
@@ -124,9 +112,9 @@ def due_annotations(rule: Rule, *, patient_ref: str, at: datetime) -> dict[str, 
 
 
 def _dues(rule: Rule, *, now: datetime, profile: ClinicProfile) -> Iterator[Due]:
-    rows, expand = due_set(rule, now=now, profile=profile)
+    rows, selection = due_set(rule, now=now, profile=profile)
     for row in rows.order_by().iterator(chunk_size=BATCH):
-        yield from expand(row)
+        yield from selection.expand(row)
 
 
 def plan_rule(
@@ -136,9 +124,38 @@ def plan_rule(
     today = timezone.localdate(now)
     templates = {(t.channel, t.language): t for t in MessageTemplate.objects.filter(rule=rule)}
     # Tracked links need the public address; without it, planning the rule fails here, loud,
-    # rather than texting patients a link that leads nowhere. A dry run shows stand-ins.
+    # rather than queueing messages whose texts can never be made.
     sources = [text for t in templates.values() for text in (t.subject, t.body)]
-    base = site_url() if uses_links(*sources) and not dry_run else ""
+    if uses_links(*sources) and not dry_run:
+        site_url()
+    if connection.vendor == "postgresql" and not dry_run:
+        rows, selection = due_set(rule, now=now, profile=profile, consent_states=False)
+        queued, skipped = plan_rule_sql(
+            rule,
+            rows=rows,
+            occurrences=selection.occurrences,
+            templates=list(templates.values()),
+            now=now,
+            profile=profile,
+        )
+        result = PlanResult(queued, skipped)
+    else:
+        result = _plan_in_python(rule, templates, now=now, profile=profile, dry_run=dry_run)
+    if not dry_run and rule.kind == RuleKind.POSTOP and rule.staff_call:
+        _plan_call_tasks(rule, today)
+    return result
+
+
+def _plan_in_python(
+    rule: Rule,
+    templates: dict[tuple[str, str], MessageTemplate],
+    *,
+    now: datetime,
+    profile: ClinicProfile,
+    dry_run: bool,
+) -> PlanResult:
+    """The due set walked in Python, a batch at a time, each occurrence decided by
+    plan_decision: on SQLite, and for dry runs (which write nothing)."""
     result = PlanResult()
     dues = _dues(rule, now=now, profile=profile)
     while batch := list(islice(dues, BATCH)):
@@ -155,57 +172,15 @@ def plan_rule(
             else:
                 assert decision.send_at is not None  # noqa: S101 - queued means a time
                 to_queue.append(ToQueue(due, decision.channel, decision.send_at))
-        links: list[Link] = []
-        messages = _render_all(
-            rule,
-            to_queue,
-            templates,
-            profile,
-            result,
-            skips,
-            today,
-            now,
-            links=links,
-            link_base=base,
-        )
+        messages = outbox_rows(rule, to_queue, templates, result, skips, now)
         if not dry_run:
-            # A message whose link has no row yet would send the patient to a 404.
             # COPY on PostgreSQL (clinic_crm.copy_insert): a message another worker planned
             # meanwhile is left as it is; a skip recorded earlier takes the new reason.
             key = ["rule", "patient", "occurrence_key"]
-            with transaction.atomic():
-                insert_new(OutboxMessage, messages, unique_fields=key)
-                if links:
-                    _save_links(rule, links, now)
+            insert_new(OutboxMessage, messages, unique_fields=key)
             insert_new(Skip, skips, unique_fields=key, update_fields=["reason", "at"])
         result.queued += len(messages)
-    if not dry_run and rule.kind == RuleKind.POSTOP and rule.staff_call:
-        _plan_call_tasks(rule, today)
     return result
-
-
-def _save_links(rule: Rule, links: list[Link], now: datetime) -> None:
-    """The TrackedLink rows of the messages just inserted, in bulk. A message dropped by the
-    unique key (planned at once by another worker) has its own links there; its are dropped."""
-    ids = dict(
-        OutboxMessage.objects.filter(uuid__in={link.message.uuid for link in links}).values_list(
-            "uuid", "id"
-        )
-    )
-    TrackedLink.objects.bulk_create(
-        [
-            TrackedLink(
-                token=link.token,
-                message_id=ids[link.message.uuid],
-                rule=rule,
-                url=link.url,
-                created_at=now,
-            )
-            for link in links
-            if link.message.uuid in ids
-        ],
-        batch_size=1000,
-    )
 
 
 def _existing_keys(rule: Rule, patient_ids: set[int]) -> set[tuple[int, str]]:
@@ -223,29 +198,60 @@ def _template(
     return templates.get((channel, language)) or templates.get((channel, "zh-hant"))
 
 
-def _texts(
+def outbox_rows(
+    rule: Rule,
+    to_queue: list[ToQueue],
     templates: dict[tuple[str, str], MessageTemplate],
-    channel: str,
-    language: str,
-    context: dict[str, Any],
-) -> list[str] | None:
-    """[subject, body] of the rule's template for `channel` in `language` (else zh-Hant), or
-    None when there is none. Raises TemplateRenderError (which never quotes patient data)."""
-    template = _template(templates, channel, language)
-    if template is None:
-        return None
-    rendered = render_message(
-        subject=template.subject, body=template.body, context=context, channel=channel
-    )
-    return [rendered.subject, rendered.body]
+    result: PlanResult,
+    skips: list[Skip],
+    now: datetime,
+) -> list[OutboxMessage]:
+    """Outbox rows for the due occurrences, or a skip where the rule has no template for the
+    chosen channel in the patient's language (or zh-Hant).
+
+    A row carries no text: `message_text` makes it when the message is sent, on whichever
+    channel it is then on, from the template and the records as they are at that moment."""
+    messages = []
+    for item in to_queue:
+        due, channel, row = item.due, item.channel, item.due.row
+        language = row["language"]
+        if _template(templates, channel, language) is None:
+            result.skipped[SkipReason.NO_TEMPLATE] += 1
+            skips.append(_skip(rule, due, SkipReason.NO_TEMPLATE, now))
+            continue
+        # Every other channel of the rule with a template, in order: one without consent today
+        # may have it by the time the first fails (the gate checks again before each try).
+        later = [
+            other
+            for other in channel_order_for(rule, row["preferred"])
+            if other != channel and _template(templates, other, language) is not None
+        ]
+        messages.append(
+            OutboxMessage(
+                rule=rule,
+                patient_id=row["pid"],
+                occurrence_key=due.occurrence_key,
+                purpose=rule.purpose,
+                channel=channel,
+                channels_left=later,
+                priority=rule.priority,
+                due_at=item.send_at,
+                next_attempt_at=item.send_at,
+                expires_at=due.expires_at,
+                anchor_at=due.anchor_at,
+                **due.refs,
+            )
+        )
+    return messages
 
 
-def fallback_text(message: OutboxMessage, channel: str, *, now: datetime) -> RenderedText | None:
-    """The text of queued `message` for `channel`, made when it falls through to that channel
-    (not at planning, for every channel it might never need): from the rule's template as it is
+def message_text(message: OutboxMessage, channel: str, *, now: datetime) -> RenderedText | None:
+    """The text of queued `message` for `channel`, made when it is sent on that channel (its
+    first, or one it falls through to), not at planning: from the rule's template as it is
     now, for the message's patient and occurrence, as of the day the message was due. None when
-    the rule has no template for `channel` (any more). Raises TemplateRenderError as rendering
-    does, also when its tracked links can't be made; those links get their rows here."""
+    the rule has no template for `channel` (any more). Raises TemplateRenderError (whose words
+    never quote patient data), also when its tracked links can't be made; those links get
+    their rows here."""
     rule, patient = message.rule, message.patient
     templates = {
         (t.channel, t.language): t
@@ -290,101 +296,6 @@ def fallback_text(message: OutboxMessage, channel: str, *, now: datetime) -> Ren
     return text
 
 
-def _render_all(
-    rule: Rule,
-    to_queue: list[ToQueue],
-    templates: dict[tuple[str, str], MessageTemplate],
-    profile: ClinicProfile,
-    result: PlanResult,
-    skips: list[Skip],
-    today: date,
-    now: datetime,
-    *,
-    links: list[Link] | None = None,
-    link_base: str = "",
-) -> list[OutboxMessage]:
-    """Outbox rows for the due patients, with the texts of the chosen and later channels.
-
-    With `link_base` (the checked PUBLIC_BASE_URL), each message's tracked links get their tokens
-    and are appended to `links`; without it they render as stand-ins of the same length."""
-    patients = _by_pk(
-        Patient.objects.only(*MESSAGE_PATIENT_FIELDS), {item.due.row["pid"] for item in to_queue}
-    )
-    related = _load_related(to_queue)
-    messages = []
-    for item in to_queue:
-        due, channel = item.due, item.channel
-        patient = patients[due.row["pid"]]
-        language = patient.preferred_language
-        context = message_context(
-            rule=rule,
-            patient=patient,
-            profile=profile,
-            refs=related(due.refs),
-            due=due,
-            today=today,
-        )
-        tokens = LinkTokens(link_base) if link_base else None
-        if tokens is not None:
-            context[LINKS_KEY] = tokens
-        try:
-            texts = _texts(templates, channel, language, context)
-        except TemplateRenderError as error:
-            _log_render_error(rule, patient, channel, error)
-            texts, reason = None, _RENDER_SKIP[error.failure]
-        else:
-            reason = SkipReason.NO_TEMPLATE
-        if texts is None:
-            result.skipped[reason] += 1
-            skips.append(_skip(rule, due, reason, now))
-            continue
-        # Every other channel of the rule with a template, in order: one without consent today
-        # may have it by the time the first fails (the gate checks again before each try). Its
-        # text is made if and when the message falls through to it (fallback_text).
-        later = [
-            other
-            for other in channel_order_for(rule, patient.preferred_channel)
-            if other != channel and _template(templates, other, language) is not None
-        ]
-        message = OutboxMessage(
-            rule=rule,
-            patient=patient,
-            occurrence_key=due.occurrence_key,
-            purpose=rule.purpose,
-            channel=channel,
-            channels_left=later,
-            priority=rule.priority,
-            due_at=item.send_at,
-            next_attempt_at=item.send_at,
-            expires_at=due.expires_at,
-            subject=texts[0],
-            body=texts[1],
-            **channel_size(channel, texts[1], patient.phone),
-            anchor_at=due.anchor_at,
-            **due.refs,
-        )
-        messages.append(message)
-        if tokens is not None and links is not None:
-            links.extend(Link(message, token, url) for url, token in tokens.tokens.items())
-    return messages
-
-
-_RENDER_SKIP = {
-    RenderFailure.TOO_LONG: SkipReason.TOO_LONG,
-    RenderFailure.EMPTY: SkipReason.TEMPLATE_ERROR,
-    RenderFailure.FAILED: SkipReason.TEMPLATE_ERROR,
-}
-
-
-def _log_render_error(
-    rule: Rule, patient: Patient, channel: str, error: TemplateRenderError
-) -> None:
-    # The error's own words never quote patient data; the log names ids only.
-    log.warning(
-        "rule %s: the %s text for patient %s: %s", rule.pk, channel, patient.pk, error.failure
-    )
-
-
 def _skip(rule: Rule, due: Due, reason: str, now: datetime) -> Skip:
     return Skip(
         rule=rule,
@@ -393,27 +304,6 @@ def _skip(rule: Rule, due: Due, reason: str, now: datetime) -> Skip:
         reason=reason,
         at=now,
     )
-
-
-def _by_pk(rows: QuerySet[Any], ids: set[int]) -> dict[int, Any]:
-    """in_bulk with the ids as one array parameter (clinic_crm.lookups): a batch's IN list of
-    thousands of literals cost more to build and parse than the rows did to read."""
-    return {row.pk: row for row in rows.filter(pk__any=ids)} if ids else {}
-
-
-def _load_related(to_queue: list[ToQueue]) -> Any:
-    """Fetch the appointments, procedures, … the queued messages talk about, one query each."""
-    loaded = {
-        key: _by_pk(
-            model._default_manager.all(), {i.due.refs[key] for i in to_queue if key in i.due.refs}
-        )
-        for key, model in RELATED.items()
-    }
-
-    def related(refs: dict[str, int]) -> Refs:
-        return {key.removesuffix("_id"): loaded[key][value] for key, value in refs.items()}
-
-    return related
 
 
 def _plan_call_tasks(rule: Rule, today: date) -> None:

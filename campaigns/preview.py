@@ -22,7 +22,7 @@ from campaigns.kinds import KINDS, Due, Row
 from campaigns.models import MessageTemplate, Rule, Skip, SkipReason
 
 # The planner's own rendering step, so that a dry run skips exactly what planning would.
-from campaigns.planner import PlanResult, ToQueue, _render_all
+from campaigns.planner import PlanResult, ToQueue, outbox_rows
 from campaigns.policy import (
     CAP_WINDOW,
     SENT,
@@ -147,6 +147,7 @@ def _patient_facts(rule: Rule, *, patient: Patient, moments: list[datetime]) -> 
         "birth": F("birth_date"),
         "patient_sex": F("sex"),
         "preferred": F("preferred_channel"),
+        "language": F("preferred_language"),
         **policy_annotations(rule=rule, patient_ref="id", at=moments[0]),
     }
     annotations.pop("recent_relationship", None)
@@ -172,8 +173,8 @@ def _decide(
     profile: ClinicProfile,
     relationship_sends: list[datetime],
 ) -> list[PlannedRow]:
-    """plan_decision for each occurrence, then the planner's own rendering for those it would
-    queue (a missing or failing template is a skip there too)."""
+    """plan_decision for each occurrence, then the planner's own outbox rows for those it would
+    queue (a missing template is a skip there too)."""
     day = timezone.localdate(now)
     rows: list[PlannedRow] = []
     to_queue: list[ToQueue] = []
@@ -188,7 +189,7 @@ def _decide(
         return rows
     templates = {(t.channel, t.language): t for t in MessageTemplate.objects.filter(rule=rule)}
     skips: list[Skip] = []
-    messages = _render_all(rule, to_queue, templates, profile, PlanResult(), skips, day, now)
+    messages = outbox_rows(rule, to_queue, templates, PlanResult(), skips, now)
     for message in messages:
         rows.append(
             PlannedRow(

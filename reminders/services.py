@@ -27,9 +27,10 @@ from django.utils.translation import gettext as _
 
 from campaigns.costs import channel_size
 from campaigns.kinds import KINDS
-from campaigns.planner import fallback_text
+from campaigns.models import SkipReason
+from campaigns.planner import message_text
 from campaigns.policy import Action, send_decision
-from campaigns.templating import TemplateRenderError
+from campaigns.templating import RenderedText, TemplateRenderError
 from consent.models import Channel
 from patients.models import ClinicProfile
 from reminders.channels.base import ChannelError, OutcomeUnknown, OutgoingMessage, get_channel
@@ -141,6 +142,18 @@ def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
         exhausted = Status.FAILED if tried else Status.DROPPED
         return _next_channel(message, now=now, reason=reason, exhausted=exhausted)
 
+    if not message.body:
+        # A planned message carries no text (campaigns.planner): it is made now, for the
+        # channel it goes on, and kept, so that a retry or a resend after a crash sends the
+        # same words.
+        text, why = _text_for(message, message.channel, now=now)
+        if text is None:
+            exhausted = Status.FAILED if message.attempts_log.exists() else Status.DROPPED
+            return _next_channel(message, now=now, reason=why, exhausted=exhausted)
+        fields = _text_fields(message, message.channel, text)
+        for name, value in fields.items():
+            setattr(message, name, value)
+        message.save(update_fields=list(fields))
     try:
         # Nothing has left the machine if these fail (a missing address, a channel turned
         # off since the gate looked): a plain failure of this channel, never "maybe sent".
@@ -248,31 +261,59 @@ def _next_channel(
     remaining = list(message.channels_left)
     while remaining:
         channel = remaining.pop(0)
-        try:
-            text = fallback_text(message, channel, now=now)
-        except TemplateRenderError as error:  # its words hold no patient data
-            reason = f"{reason}; {Channel(channel).label}: {error}"
+        text, why = _text_for(message, channel, now=now)
+        if text is None:
+            reason = f"{reason}; {why}"
             continue
-        if text is not None:
-            _finish(
-                message,
-                channel=channel,
-                channels_left=remaining,
-                subject=text.subject,
-                body=text.body,
-                # What it costs changes with the channel and its text.
-                **channel_size(channel, text.body, message.patient.phone),
-                status=Status.QUEUED,
-                attempts=message.attempts,
-                next_attempt_at=now,
-                error=reason[-300:],
-            )
-            return Outcome.NEXT_CHANNEL
+        _finish(
+            message,
+            channel=channel,
+            channels_left=remaining,
+            **_text_fields(message, channel, text),
+            status=Status.QUEUED,
+            attempts=message.attempts,
+            next_attempt_at=now,
+            error=reason[-300:],
+        )
+        return Outcome.NEXT_CHANNEL
     with transaction.atomic():
         _finish(message, status=exhausted, attempts=message.attempts, error=reason[-300:])
         if exhausted == Status.FAILED and KINDS[message.rule.kind].call_if_undeliverable:
             _task_for_staff(message, StaffTask.Kind.CALL_UNREACHED, now=now)
     return Outcome(exhausted)
+
+
+def _text_for(
+    message: OutboxMessage, channel: str, *, now: datetime
+) -> tuple[RenderedText | None, str]:
+    """The text of `message` on `channel`; or None and why not, in words for staff that never
+    quote patient data."""
+    try:
+        text = message_text(message, channel, now=now)
+    except TemplateRenderError as error:
+        # Its words never quote patient data; the log names ids only.
+        log.warning(
+            "message %s (rule %s, patient %s): no %s text: %s",
+            message.pk,
+            message.rule_id,
+            message.patient_id,
+            channel,
+            error.failure,
+        )
+        return None, f"{Channel(channel).label}: {error}"
+    if text is None:
+        return None, f"{Channel(channel).label}: {SkipReason.NO_TEMPLATE.label}"
+    return text, ""
+
+
+def _text_fields(message: OutboxMessage, channel: str, text: RenderedText) -> dict[str, Any]:
+    """The fields of `message` that go with its `text` on `channel`: the text, and what it
+    costs there (SMS segments, the phone's country)."""
+    return {
+        "subject": text.subject,
+        "body": text.body,
+        **channel_size(channel, text.body, message.patient.phone),
+    }
 
 
 def _resend_is_deduped(message: OutboxMessage, now: datetime) -> bool:

@@ -43,3 +43,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def text_of(message):
+    """The text a planned message goes out with on its channel, made as dispatch makes it
+    (planning stores no text: campaigns.planner.message_text)."""
+    from campaigns.planner import message_text
+
+    text = message_text(message, message.channel, now=message.due_at)
+    assert text is not None, "the rule has no template for the message's channel"
+    return text

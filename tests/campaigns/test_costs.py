@@ -111,7 +111,7 @@ def test_the_cost_of_many_messages_takes_the_line_allowance_off_per_month():
     assert total == Decimal("4.5") + Decimal("0.6")
 
 
-def test_the_planner_notes_segments_and_country_of_each_sms(clinic):
+def test_an_sms_notes_its_segments_and_country_when_its_text_is_made(clinic, memory_channels):
     only("生日祝福")
     short = PatientFactory(name="林美玲", birth_date=dt.date(1960, 11, 24), phone="+886912000001")
     abroad = PatientFactory(name="Ann Lee", birth_date=dt.date(1960, 11, 24), phone="+12125550123")
@@ -121,9 +121,11 @@ def test_the_planner_notes_segments_and_country_of_each_sms(clinic):
         grant(patient, Purpose.RELATIONSHIP, Channel.SMS)
 
     plan(BIRTHDAY)
+    dispatch(taipei(2026, 11, 24, 10, 0))
 
     for patient, country in ((short, "TW"), (abroad, "US")):
         message = OutboxMessage.objects.get(patient=patient)
+        assert message.status == Status.SENT
         assert message.country == country
         assert message.segments == sms_size(message.body).segments >= 1
 

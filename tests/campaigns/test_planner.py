@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from campaigns.models import Rule, Skip
-from campaigns.planner import fallback_text
+from campaigns.planner import message_text
 from consent.models import Channel, Purpose
 from patients.models import Appointment, ClinicProfile, Condition, RefillWindow
 from patients.services import prescription_sync_refills
@@ -18,7 +18,7 @@ from tests.factories import (
     grant,
     withdraw,
 )
-from tests.helpers import only, plan, taipei
+from tests.helpers import only, plan, taipei, text_of
 
 pytestmark = pytest.mark.django_db
 TPE = ZoneInfo("Asia/Taipei")
@@ -42,7 +42,7 @@ def test_birthday_greeting_is_queued_on_the_day_in_the_patients_language(clinic)
 
     message = OutboxMessage.objects.get(patient=patient)
     assert message.rule == rule and message.channel == "sms"
-    assert message.body.startswith("Happy birthday, Chen Ya-ting!")
+    assert text_of(message).body.startswith("Happy birthday, Chen Ya-ting!")
     assert message.due_at == taipei(2026, 11, 24, 10, 0)
 
 
@@ -66,7 +66,7 @@ def test_zh_hant_greeting_addresses_the_patient_politely(clinic):
 
     plan(taipei(2026, 11, 24, 8, 0))
 
-    assert OutboxMessage.objects.get().body.startswith("林小姐生日快樂！安心診所")
+    assert text_of(OutboxMessage.objects.get()).body.startswith("林小姐生日快樂！安心診所")
 
 
 @pytest.mark.parametrize(
@@ -225,10 +225,10 @@ def test_preferred_channel_goes_first_and_the_others_wait_with_their_texts_made_
     message = OutboxMessage.objects.get()
     assert message.channel == "sms"
     assert message.channels_left == ["line", "email"]
-    assert "生日快樂" in message.body
+    assert "生日快樂" in text_of(message).body
     # The LINE text is made only if the message falls through to LINE (tests/reminders/
     # test_fallthrough.py); made now, it greets the same patient.
-    line = fallback_text(message, "line", now=taipei(2026, 11, 24, 10, 0))
+    line = message_text(message, "line", now=taipei(2026, 11, 24, 10, 0))
     assert line is not None and "生日快樂" in line.body
 
 
@@ -252,7 +252,7 @@ def test_post_op_check_ins_on_day_1_3_and_7_and_instructions_on_the_day():
     keys = sorted(OutboxMessage.objects.values_list("occurrence_key", flat=True))
     assert keys == [f"procedure:{procedure.pk}:day{d}" for d in (0, 1, 3, 7)]
     day3 = OutboxMessage.objects.get(occurrence_key__endswith="day3")
-    assert "白內障手術後第 3 天" in day3.body
+    assert "白內障手術後第 3 天" in text_of(day3).body
     day0 = OutboxMessage.objects.get(occurrence_key__endswith="day0")
     assert day0.due_at == taipei(2026, 11, 20, 15)
 
@@ -299,7 +299,7 @@ def test_dose_reminders_only_when_switched_on_and_not_at_night():
     noon = OutboxMessage.objects.get(occurrence_key=f"dose:{wanted.pk}:2026-11-24T12:00:15")
     assert noon.due_at == taipei(2026, 11, 24, 11, 45)
     assert noon.expires_at == taipei(2026, 11, 24, 12, 0)
-    assert "12:00 請服用 Amlodipine 5mg" in noon.body
+    assert "12:00 請服用 Amlodipine 5mg" in text_of(noon).body
     assert not OutboxMessage.objects.filter(occurrence_key__contains="T08:00").exists()
 
 
@@ -333,7 +333,7 @@ def test_chronic_refill_reminders_when_the_window_opens_and_before_it_closes():
     keys = sorted(OutboxMessage.objects.values_list("occurrence_key", flat=True))
     assert keys == [f"refill:{first.pk}:closes_on-2", f"refill:{first.pk}:opens_on+0"]
     opening = OutboxMessage.objects.get(occurrence_key__endswith="opens_on+0")
-    assert "第 1 次領藥期間為 11月19日（四） 至 11月28日（六）" in opening.body
+    assert "第 1 次領藥期間為 11月19日（四） 至 11月28日（六）" in text_of(opening).body
 
 
 def test_no_refill_reminder_once_picked_up():
@@ -369,7 +369,7 @@ def test_return_visit_notice_seven_days_before_with_the_details():
 
     plan(taipei(2026, 11, 24, 8, 0))
 
-    body = OutboxMessage.objects.get().body
+    body = text_of(OutboxMessage.objects.get()).body
     assert "12月1日（二） 14:30 家醫科 王醫師 回診，地點：二樓 3 診。請攜帶：健保卡。" in body
 
 
@@ -410,7 +410,7 @@ def test_rescheduled_appointment_gets_a_new_reminder_with_the_new_time():
     appointment.save()
     plan(taipei(2026, 11, 24, 9, 0))
 
-    bodies = {m.occurrence_key: m.body for m in OutboxMessage.objects.all()}
+    bodies = {m.occurrence_key: text_of(m).body for m in OutboxMessage.objects.all()}
     assert len(bodies) == 2
     new_start = taipei(2026, 11, 25, 15, 30).astimezone(dt.UTC)
     new_key = f"appointment:{appointment.pk}:{new_start.isoformat()}"
@@ -437,7 +437,7 @@ def test_recall_for_a_chronic_patient_with_no_visit_booked():
     message = OutboxMessage.objects.get()
     assert message.patient == due
     assert message.occurrence_key == "recall:2026-08-26"
-    assert "8月26日（三）" in message.body
+    assert "8月26日（三）" in text_of(message).body
 
 
 def test_recall_is_not_repeated_on_the_following_days():

@@ -17,7 +17,7 @@ from patients.models import Appointment
 from patients.services import patient_erase
 from reminders.models import OutboxMessage, Status
 from tests.factories import AppointmentFactory, PatientFactory, ProcedureFactory, grant, withdraw
-from tests.helpers import MEMORY, dispatch, only, plan, taipei
+from tests.helpers import MEMORY, dispatch, only, plan, taipei, text_of
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("memory_channels")]
 SUNDAY = 6
@@ -34,7 +34,8 @@ def _gate_code(verdict) -> SkipReason | None:
 
 
 def _planner_answers(rule, now, profile):
-    rows, expand = due_set(rule, now=now, profile=profile)
+    rows, selection = due_set(rule, now=now, profile=profile)
+    expand = selection.expand
     return {
         due.row["pid"]: plan_decision(rule=rule, due=due, now=now, profile=profile).skip
         for row in rows
@@ -207,7 +208,8 @@ def test_confirmation_for_a_monday_visit_goes_out_on_saturday_when_sunday_is_clo
     message = OutboxMessage.objects.get()
     assert message.due_at == taipei(2026, 12, 5, 10, 0)
     assert message.expires_at == taipei(2026, 12, 7, 0, 0)  # never on the visit day
-    assert "12月7日（一）" in message.body and "明天" not in message.body
+    text = text_of(message).body
+    assert "12月7日（一）" in text and "明天" not in text
     assert not Skip.objects.exists()
 
 
@@ -287,4 +289,4 @@ def test_a_plan_for_a_given_time_renders_ages_and_days_from_that_time(clinic):
     with time_machine.travel(taipei(2027, 12, 1, 12, 0), tick=False):
         plan_due_messages(now=taipei(2026, 11, 24, 8, 0))
 
-    assert OutboxMessage.objects.get().body.endswith("65 歲，術後第 1 天")
+    assert text_of(OutboxMessage.objects.get()).body.endswith("65 歲，術後第 1 天")

@@ -4,16 +4,13 @@ import datetime as dt
 import os
 import subprocess
 import sys
-from zoneinfo import ZoneInfo
 
 import pytest
-import time_machine
 from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.utils import translation
 
-from campaigns.models import MessageTemplate, Rule, Skip, SkipReason
-from campaigns.planner import plan_due_messages
+from campaigns.models import MessageTemplate, Rule
 from campaigns.templating import (
     LINE_MAX_TEXT_UNITS,
     RenderedText,
@@ -25,8 +22,10 @@ from campaigns.templating import (
 )
 from consent.models import Channel, Purpose
 from reminders.channels import line
-from reminders.models import OutboxMessage
+from reminders.channels.memory import outbox
+from reminders.models import OutboxMessage, Status
 from tests.factories import PatientFactory, grant
+from tests.helpers import dispatch, plan, taipei
 
 CONTEXT = {"patient": {"display_name": "林小姐", "name": "林美玲"}, "clinic": {"name": "安心診所"}}
 
@@ -190,7 +189,7 @@ def test_an_unknown_channel_is_a_programming_error():
 
 
 @pytest.mark.django_db
-def test_the_planner_skips_an_sms_too_long_for_the_segment_limit(clinic):
+def test_an_sms_too_long_for_the_segment_limit_is_never_sent_and_says_why(clinic, memory_channels):
     # Given a birthday SMS text stored without validation that makes 8 segments
     rule = Rule.objects.get(name__startswith="生日祝福")
     Rule.objects.exclude(pk=rule.pk).update(enabled=False)
@@ -199,12 +198,13 @@ def test_the_planner_skips_an_sms_too_long_for_the_segment_limit(clinic):
     )
     patient = PatientFactory(name="林美玲", sex="F", birth_date=dt.date(1960, 11, 24))
     grant(patient, Purpose.RELATIONSHIP, Channel.SMS)
-    now = dt.datetime(2026, 11, 24, 8, 0, tzinfo=ZoneInfo("Asia/Taipei"))
 
-    # When the day is planned
-    with time_machine.travel(now, tick=False):
-        plan_due_messages(now=now)
+    # When the day is planned and its messages are sent
+    plan(taipei(2026, 11, 24, 8, 0))
+    dispatch(taipei(2026, 11, 24, 10, 0))
 
-    # Then nothing is queued for her, and why is recorded
-    assert not OutboxMessage.objects.filter(patient=patient).exists()
-    assert Skip.objects.get(patient=patient, rule=rule).reason == SkipReason.TOO_LONG
+    # Then nothing went out to her (she has no other channel), and why is recorded
+    message = OutboxMessage.objects.get(patient=patient)
+    assert message.status == Status.DROPPED
+    assert not message.attempts_log.exists() and not outbox
+    assert message.error.startswith("SMS: too long for SMS (8 segments, at most 6)")

@@ -6,11 +6,9 @@ import logging
 from zoneinfo import ZoneInfo
 
 import pytest
-import time_machine
 from django.utils import translation
 
-from campaigns.models import MessageTemplate, Rule, Skip, SkipReason
-from campaigns.planner import plan_due_messages
+from campaigns.models import MessageTemplate, Rule
 from campaigns.templating import (
     FILTERS,
     RenderFailure,
@@ -20,7 +18,10 @@ from campaigns.templating import (
     render,
 )
 from consent.models import Channel, Purpose
+from reminders.channels.memory import outbox
+from reminders.models import OutboxMessage, Status
 from tests.factories import PatientFactory, grant
+from tests.helpers import dispatch, plan
 
 
 @pytest.fixture(autouse=True)
@@ -188,7 +189,9 @@ def test_a_failing_template_raises_an_error_that_names_only_the_exception_type()
 TPE = ZoneInfo("Asia/Taipei")
 
 
-def test_a_template_failing_on_a_patients_data_is_skipped_and_the_log_has_no_name(caplog, clinic):
+def test_a_template_failing_on_a_patients_data_is_not_sent_and_the_log_has_no_name(
+    caplog, clinic, memory_channels
+):
     # Given a birthday SMS text stored without validation, which fails on the patient's name
     rule = Rule.objects.get(name__startswith="生日祝福")
     Rule.objects.exclude(pk=rule.pk).update(enabled=False)
@@ -197,13 +200,15 @@ def test_a_template_failing_on_a_patients_data_is_skipped_and_the_log_has_no_nam
     )
     patient = PatientFactory(name="林美玲", sex="F", birth_date=dt.date(1960, 11, 24))
     grant(patient, Purpose.RELATIONSHIP, Channel.SMS)
-    now = dt.datetime(2026, 11, 24, 8, 0, tzinfo=TPE)
 
-    # When the day is planned
-    with caplog.at_level(logging.DEBUG), time_machine.travel(now, tick=False):
-        plan_due_messages(now=now)
+    # When the day is planned and its messages are sent
+    with caplog.at_level(logging.DEBUG):
+        plan(dt.datetime(2026, 11, 24, 8, 0, tzinfo=TPE))
+        dispatch(dt.datetime(2026, 11, 24, 10, 0, tzinfo=TPE))
 
-    # Then she is skipped with the reason, and the worker's log says which ids, not who
-    assert Skip.objects.get(patient=patient, rule=rule).reason == SkipReason.TEMPLATE_ERROR
-    assert str(rule.pk) in caplog.text and str(patient.pk) in caplog.text
+    # Then nothing went out, the message says why, and the worker's log says which ids, not who
+    message = OutboxMessage.objects.get(patient=patient, rule=rule)
+    assert message.status == Status.DROPPED and not outbox
+    assert message.error.startswith("SMS: the template failed on this data (ValueError)")
+    assert f"message {message.pk}" in caplog.text and str(patient.pk) in caplog.text
     assert "林美玲" not in caplog.text and "林小姐" not in caplog.text

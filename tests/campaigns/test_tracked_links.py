@@ -7,14 +7,12 @@ import re
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 from campaigns.links import TOKEN_CHARS
 from campaigns.models import MessageTemplate
-from campaigns.planner import fallback_text, plan_rule
+from campaigns.planner import message_text, plan_rule
 from campaigns.templating import (
     LINK_MAX_CHARS,
     TemplateProblem,
@@ -24,13 +22,16 @@ from campaigns.templating import (
 )
 from consent.models import Channel, Purpose
 from patients.models import ClinicProfile
-from reminders.models import OutboxMessage, TrackedLink
+from reminders.channels.base import ChannelError
+from reminders.channels.memory import MemoryChannel, outbox
+from reminders.models import OutboxMessage, Status, TrackedLink
 from tests.factories import PatientFactory, grant
-from tests.helpers import only, plan, taipei
+from tests.helpers import dispatch, only, plan, taipei
 
 pytestmark = pytest.mark.django_db
 SITE = "https://crm.clinic.example"
 BIRTHDAY = taipei(2026, 11, 24, 8, 0)
+SEND = taipei(2026, 11, 24, 10, 0)  # the birthday rule's send time
 LINK_RE = re.compile(r"https://crm\.clinic\.example/r/([A-Za-z0-9_-]+)/")
 
 
@@ -101,38 +102,41 @@ def _birthday_with_link(body='生日快樂！{% link "https://clinic.example/hea
     return rule
 
 
-def test_the_planner_gives_each_message_its_own_link(clinic):
+def test_each_message_goes_out_with_its_own_link(clinic, memory_channels):
     rule = _birthday_with_link()
     patients = [PatientFactory(birth_date=dt.date(1960, 11, 24)) for _ in range(3)]
     for patient in patients:
         grant(patient, Purpose.RELATIONSHIP, Channel.SMS)
 
     plan(BIRTHDAY)
+    dispatch(SEND)
 
     messages = list(OutboxMessage.objects.filter(rule=rule))
     assert len(messages) == 3
     for message in messages:
+        assert message.status == Status.SENT
         link = TrackedLink.objects.get(message=message)
         assert (link.rule, link.url, link.clicks) == (rule, "https://clinic.example/health", 0)
-        assert link.created_at == BIRTHDAY
+        assert link.created_at == SEND
         assert len(link.token) >= TOKEN_CHARS
         assert LINK_RE.findall(message.body) == [link.token]
     assert len({link.token for link in TrackedLink.objects.all()}) == 3
 
 
-def test_a_fallback_text_gets_its_links_when_it_is_made(clinic):
+def test_a_message_text_gets_its_links_when_it_is_made(clinic, memory_channels):
     rule = _birthday_with_link()
     rule.channel_order = ["sms", "line"]
     rule.save()
     patient = PatientFactory(birth_date=dt.date(1960, 11, 24), line_user_id="U" + "b" * 32)
     grant(patient, Purpose.RELATIONSHIP, Channel.SMS)
     plan(BIRTHDAY)
+    dispatch(SEND)
     message = OutboxMessage.objects.get()
     first = TrackedLink.objects.get(message=message)
     assert LINK_RE.findall(message.body) == [first.token]
 
-    later = BIRTHDAY + dt.timedelta(hours=3)
-    line = fallback_text(message, "line", now=later)
+    later = SEND + dt.timedelta(hours=3)
+    line = message_text(message, "line", now=later)
 
     assert line is not None
     made = TrackedLink.objects.get(message=message, created_at=later)
@@ -140,27 +144,36 @@ def test_a_fallback_text_gets_its_links_when_it_is_made(clinic):
     assert (made.rule, made.url) == (rule, first.url)
 
 
-def test_planning_links_takes_a_few_queries_per_batch_not_one_per_message(clinic):
-    _birthday_with_link()
-    for _ in range(12):
-        grant(PatientFactory(birth_date=dt.date(1960, 11, 24)), Purpose.RELATIONSHIP, Channel.SMS)
-    rule = only("生日祝福")
-
-    with CaptureQueriesContext(connection) as queries:
-        plan_rule(rule, now=BIRTHDAY, profile=ClinicProfile.load())
-
-    assert TrackedLink.objects.count() == 12
-    assert len(queries) < 20
-
-
-def test_planning_again_adds_no_links(clinic):
+def test_planning_makes_no_links_and_sending_one_link_per_message(clinic, memory_channels):
     _birthday_with_link()
     grant(PatientFactory(birth_date=dt.date(1960, 11, 24)), Purpose.RELATIONSHIP, Channel.SMS)
 
     plan(BIRTHDAY)
     plan(BIRTHDAY + dt.timedelta(minutes=5))
+    assert not TrackedLink.objects.exists()  # the text, and its link, are made at send time
+
+    dispatch(SEND)
+    dispatch(SEND + dt.timedelta(minutes=5))
 
     assert TrackedLink.objects.count() == OutboxMessage.objects.count() == 1
+
+
+def test_a_retry_sends_the_text_made_for_the_first_try(clinic, memory_channels):
+    _birthday_with_link()
+    grant(PatientFactory(birth_date=dt.date(1960, 11, 24)), Purpose.RELATIONSHIP, Channel.SMS)
+    plan(BIRTHDAY)
+    MemoryChannel.fail_next(ChannelError("busy", permanent=False))
+
+    dispatch(SEND)
+    message = OutboxMessage.objects.get()
+    assert message.status == Status.QUEUED and message.body
+    made = message.body
+    dispatch(SEND + dt.timedelta(minutes=10))
+
+    message.refresh_from_db()
+    assert message.status == Status.SENT
+    assert message.body == made == outbox[-1].body and len(outbox) == 1
+    assert TrackedLink.objects.count() == 1
 
 
 def test_planning_a_rule_with_links_without_site_url_fails_loud(clinic, settings, caplog):
@@ -191,10 +204,11 @@ def test_production_refuses_a_plain_http_or_local_site_url(clinic, settings, bas
 
 
 @pytest.fixture
-def link(clinic):
+def link(clinic, memory_channels):
     _birthday_with_link()
     grant(PatientFactory(birth_date=dt.date(1960, 11, 24)), Purpose.RELATIONSHIP, Channel.SMS)
     plan(BIRTHDAY)
+    dispatch(SEND)
     return TrackedLink.objects.get()
 
 

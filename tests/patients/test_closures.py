@@ -12,7 +12,7 @@ from patients.models import ClinicDay
 from patients.selectors import closure_on, closures_between
 from reminders.models import OutboxMessage, Status
 from tests.factories import AppointmentFactory, PatientFactory, grant
-from tests.helpers import dispatch, only, plan, taipei
+from tests.helpers import dispatch, only, plan, taipei, text_of
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("memory_channels")]
 
@@ -48,7 +48,8 @@ def test_confirmation_goes_out_on_the_last_open_day_when_the_day_before_is_a_hol
     assert message.appointment == thursday_visit
     assert message.due_at == taipei(2026, 12, 8, 10, 0)
     assert message.expires_at == taipei(2026, 12, 10, 0, 0)
-    assert "12月10日（四）" in message.body and "明天" not in message.body
+    text = text_of(message).body
+    assert "12月10日（四）" in text and "明天" not in text
     assert not Skip.objects.exists()
 
 

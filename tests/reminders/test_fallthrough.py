@@ -288,7 +288,8 @@ def test_an_email_subject_with_a_line_break_fails_plainly_not_unknown(clinic, se
     AppointmentFactory(patient=patient, starts_at=taipei(2026, 12, 1, 14, 30))
     plan(taipei(2026, 11, 24, 8, 0))
     message = OutboxMessage.objects.get(channel="email")
-    message.subject = "回診\r\nBcc: someone@example.test"
+    # A text already made (a retry sends what the first try was given) with a smuggled header.
+    message.subject, message.body = "回診\r\nBcc: someone@example.test", "請記得回診。"
     message.save()
 
     dispatch(taipei(2026, 11, 24, 10, 1))

@@ -26,7 +26,7 @@ from tests.factories import (
     VisitFactory,
     grant,
 )
-from tests.helpers import only, plan, taipei
+from tests.helpers import only, plan, taipei, text_of
 from tests.reminders.inbound import (
     LINE_ID,
     PHONE,
@@ -102,7 +102,8 @@ def test_attended_visits_a_day_ago_are_asked_once_per_patient_and_day(survey):
     [message] = planned(survey)
     assert (message.patient, message.occurrence_key) == (visited, f"survey:visit:{first.pk}")
     assert message.due_at == SEND_AT
-    assert "王醫師" in message.body and "1 到 5" in message.body
+    text = text_of(message).body
+    assert "王醫師" in text and "1 到 5" in text
 
 
 @pytest.mark.parametrize(
