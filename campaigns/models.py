@@ -196,8 +196,13 @@ class SkipReason(models.TextChoices):
 class Skip(models.Model):
     """Why a patient who was due for a rule got no message: answers "why didn't she get it?"."""
 
+    # No index of its own: skip_once_per_occurrence starts with the rule.
     rule = models.ForeignKey(
-        Rule, on_delete=models.CASCADE, related_name="skips", verbose_name=_("rule")
+        Rule,
+        on_delete=models.CASCADE,
+        related_name="skips",
+        verbose_name=_("rule"),
+        db_index=False,
     )
     patient = models.ForeignKey(
         Patient, on_delete=models.CASCADE, related_name="rule_skips", verbose_name=_("patient")

@@ -34,6 +34,7 @@ from campaigns.kinds import KINDS, Occurrences, Sql
 from campaigns.models import MessageTemplate, Rule, SkipReason
 from campaigns.policy import limits_audience
 from campaigns.sendwindow import at_local, day_bounds, is_open_day, next_send_time
+from clinic_crm.copy_insert import default_values
 from consent.models import Purpose
 from patients.models import Appointment, ClinicProfile, age_on
 from reminders.channels.base import channel_configured
@@ -209,7 +210,8 @@ def _latest_birth(age: int, today: date) -> date:
 
 def _outside_audience(rule: Rule, fields: tuple[str, ...], today: date) -> Sql:
     """policy.outside_audience as SQL over the row `g`."""
-    tests, params = [], []
+    tests: list[str] = []
+    params: list[Any] = []
     if rule.sexes:
         tests.append("NOT COALESCE(g.patient_sex = ANY(%s::text[]), false)")
         params.append(list(rule.sexes))
@@ -324,15 +326,10 @@ def _insert_messages(
         "next_attempt_at": ("h._send", []),
         "expires_at": ("h._expires", []),
         "anchor_at": ("h._anchor", []),
-        # auto_now_add: the wall clock, as Model.save would.
-        "created_at": ("%s", [timezone.now()]),
         **{f"{name}": (f"h._ref_{name}", []) for name in refs},
     }
-    for field in OutboxMessage._meta.concrete_fields:
-        if field.primary_key or field.column in values:
-            continue
-        default = field.get_db_prep_save(field.get_default(), connection=connection)
-        values[field.column] = ("%s", [default])
+    for column, default in default_values(OutboxMessage, list(values)).items():
+        values[column] = ("%s", [default])
     columns = ", ".join(connection.ops.quote_name(column) for column in values)
     select = ", ".join(sql for sql, _params in values.values())
     return (

@@ -20,7 +20,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
-from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models import Case, DateField, Exists, F, OuterRef, QuerySet, Value, When
 from django.utils import timezone
 
 from campaigns.context import message_context
@@ -29,13 +29,14 @@ from campaigns.links import LINKS_KEY, LinkTokens, site_url, uses_links
 from campaigns.models import MessageTemplate, Rule, RuleKind, Skip, SkipReason
 from campaigns.plan_sql import STATES, plan_rule_sql
 from campaigns.policy import channel_order_for, plan_decision, policy_annotations
+from campaigns.sendwindow import day_bounds
 from campaigns.templating import (
     RenderedText,
     RenderFailure,
     TemplateRenderError,
     render_message,
 )
-from clinic_crm.copy_insert import insert_new
+from clinic_crm.copy_insert import insert_new, insert_select
 from consent.selectors import patient_prefix
 from patients.models import (
     Appointment,
@@ -307,28 +308,31 @@ def _skip(rule: Rule, due: Due, reason: str, now: datetime) -> Skip:
 
 
 def _plan_call_tasks(rule: Rule, today: date) -> None:
-    """The SOP wants a human call on day 1–3 after discharge, whatever the patient consented to."""
+    """The SOP wants a human call on day 1–3 after discharge, whatever the patient consented
+    to: one task per procedure (the unique key keeps it one), from the day after discharge to
+    the third, in one INSERT … SELECT."""
+    discharge_days = [today - timedelta(days=d) for d in (1, 2, 3)]
     procedures = Procedure.objects.filter(
-        days_in([today - timedelta(days=d) for d in (1, 2, 3)], "discharged_at"),
-        patient__erased_at__isnull=True,
+        days_in(discharge_days, "discharged_at"), patient__erased_at__isnull=True
     )
     if rule.care_plan_key:
         procedures = procedures.filter(care_plan_key=rule.care_plan_key)
-    tasks = []
-    for procedure_id, patient_id, discharged in procedures.values_list(
-        "id", "patient_id", "discharged_at"
-    ):
-        day = timezone.localtime(discharged).date()
-        tasks.append(
-            StaffTask(
-                kind=StaffTask.Kind.POSTOP_CALL,
-                patient_id=patient_id,
-                procedure_id=procedure_id,
-                due_on=day + timedelta(days=1),
-                until=day + timedelta(days=3),
-            )
-        )
-    StaffTask.objects.bulk_create(tasks, ignore_conflicts=True)
+
+    def days_after(days: int) -> Case:
+        whens = []
+        for day in discharge_days:
+            start, end = day_bounds(day)
+            after = Value(day + timedelta(days=days), output_field=DateField())
+            whens.append(When(discharged_at__gte=start, discharged_at__lt=end, then=after))
+        return Case(*whens, output_field=DateField())
+
+    tasks = procedures.annotate(
+        kind=Value(StaffTask.Kind.POSTOP_CALL),
+        procedure_id=F("id"),
+        due_on=days_after(1),
+        until=days_after(3),
+    ).values("patient_id", "kind", "procedure_id", "due_on", "until")
+    insert_select(StaffTask, tasks)
 
 
 def plan_due_messages(

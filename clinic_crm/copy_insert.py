@@ -9,7 +9,10 @@ bound to the row's uuid, blind indexes, E.164 phones, the SMS flag, created_at) 
 with their pk set, as from bulk_create, for the audit links, consents and refill windows that
 point at them.
 
-The planner writes its outbox rows and skips the same way, where a row already stored (planned
+`insert_select` writes rows that a query makes (INSERT … SELECT): the planner's call tasks.
+
+The planner writes its outbox rows and skips the same way (on SQLite; on PostgreSQL it plans
+in one statement, campaigns.plan_sql), where a row already stored (planned
 by another worker at the same moment, or a skip recorded on an earlier pass) is skipped or
 updated as bulk_create's ignore_conflicts / update_conflicts would: COPY into a temporary
 table, then one INSERT … SELECT … ON CONFLICT.
@@ -98,6 +101,42 @@ def insert_new(
         obj.pk = pk
         obj._state.adding = False
         obj._state.db = connection.alias
+
+
+def default_values(model: type[models.Model], given: Sequence[str]) -> dict[str, Any]:
+    """Each concrete column of `model` but the pk and those `given`, with the value a new row
+    gets when nothing sets it: the field's default, or the time now for auto_now(_add)."""
+    values = {}
+    for field in model._meta.concrete_fields:
+        if field.primary_key or field.column in given:
+            continue
+        if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+            value = field.pre_save(model(), add=True)
+        else:
+            value = field.get_default()
+        values[str(field.column)] = field.get_db_prep_save(value, connection=connection)
+    return values
+
+
+def insert_select(model: type[models.Model], rows: models.QuerySet[Any]) -> int:
+    """INSERT INTO `model`'s table SELECT `rows`, skipping a row whose unique key is stored
+    already: one statement, on both databases. `rows` is a values() query whose names are
+    the table's column names; every other column gets its default. Returns how many were
+    inserted."""
+    given = [*rows.query.values_select, *rows.query.annotation_select]
+    defaults = default_values(model, given)
+    quote = connection.ops.quote_name
+    sql, params = rows.order_by().query.sql_with_params()
+    columns = ", ".join(quote(column) for column in [*given, *defaults])
+    select = ", ".join([*(f"s.{quote(column)}" for column in given), *(["%s"] * len(defaults))])
+    with connection.cursor() as cursor:
+        # WHERE true: SQLite would read ON CONFLICT as the join's ON otherwise.
+        cursor.execute(
+            f"INSERT INTO {quote(model._meta.db_table)} ({columns})"  # noqa: S608
+            f" SELECT {select} FROM ({sql}) AS s WHERE true ON CONFLICT DO NOTHING",
+            [*defaults.values(), *params],
+        )
+        return int(cursor.rowcount)
 
 
 def _column(model: type[models.Model], name: str) -> str:

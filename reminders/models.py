@@ -23,15 +23,36 @@ class Status(models.TextChoices):
 FINAL = [Status.SENT, Status.DELIVERED, Status.FAILED, Status.DROPPED, Status.UNKNOWN]
 
 
+# The records a message is about, each indexed where set (most messages are about one of them).
+MESSAGE_ABOUT_INDEXES = {
+    "appointment": "message_appointment",
+    "procedure": "message_procedure",
+    "prescription": "message_prescription",
+    "refill_window": "message_refill_window_id",
+}
+
+
 class OutboxMessage(models.Model):
     """One message to one patient for one occurrence of one rule: sent at most once."""
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # The rule and the patient have no index of their own: message_once_per_occurrence starts
+    # with the rule, message_patient_recent with the patient. Every index costs each insert
+    # (the planner writes thousands of rows a pass); the records a message is about are indexed
+    # only where set (Meta.indexes).
     rule = models.ForeignKey(
-        "campaigns.Rule", on_delete=models.PROTECT, related_name="messages", verbose_name=_("rule")
+        "campaigns.Rule",
+        on_delete=models.PROTECT,
+        related_name="messages",
+        verbose_name=_("rule"),
+        db_index=False,
     )
     patient = models.ForeignKey(
-        Patient, on_delete=models.PROTECT, related_name="messages", verbose_name=_("patient")
+        Patient,
+        on_delete=models.PROTECT,
+        related_name="messages",
+        verbose_name=_("patient"),
+        db_index=False,
     )
     occurrence_key = models.CharField(_("occurrence"), max_length=120)
     purpose = models.CharField(_("purpose"), max_length=16, choices=Purpose.choices)
@@ -56,12 +77,18 @@ class OutboxMessage(models.Model):
     subject = EncryptedCharField(_("subject"), max_length=150, blank=True, erase_with_patient=True)
     body = EncryptedTextField(_("text"), erase_with_patient=True)
     # What the message is about, re-checked just before sending (cancelled, rescheduled, …).
-    appointment = models.ForeignKey(Appointment, on_delete=models.PROTECT, null=True, blank=True)
-    procedure = models.ForeignKey(Procedure, on_delete=models.PROTECT, null=True, blank=True)
-    prescription = models.ForeignKey(Prescription, on_delete=models.PROTECT, null=True, blank=True)
+    appointment = models.ForeignKey(
+        Appointment, on_delete=models.PROTECT, null=True, blank=True, db_index=False
+    )
+    procedure = models.ForeignKey(
+        Procedure, on_delete=models.PROTECT, null=True, blank=True, db_index=False
+    )
+    prescription = models.ForeignKey(
+        Prescription, on_delete=models.PROTECT, null=True, blank=True, db_index=False
+    )
     # SET_NULL: staff may shorten a prescription's refills; the gate then drops the message.
     refill_window = models.ForeignKey(
-        RefillWindow, on_delete=models.SET_NULL, null=True, blank=True
+        RefillWindow, on_delete=models.SET_NULL, null=True, blank=True, db_index=False
     )
     anchor_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
@@ -95,6 +122,12 @@ class OutboxMessage(models.Model):
             ),
             models.Index(fields=["patient", "-created_at"], name="message_patient_recent"),
             models.Index(fields=["provider_id"], name="message_provider_id"),
+            *(
+                models.Index(
+                    fields=[about], condition=models.Q((f"{about}__isnull", False)), name=name
+                )
+                for about, name in MESSAGE_ABOUT_INDEXES.items()
+            ),
             # The dashboard's aggregates over a date range (dashboard/selectors.py): every
             # column its funnel and trends count, so PostgreSQL reads the index, not the rows
             # with their encrypted texts. INCLUDE is PostgreSQL's; elsewhere a plain index.
