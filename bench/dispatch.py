@@ -7,12 +7,14 @@ for all of them together.
 Recreates the benchmark database (BENCH_DISPATCH_DATABASE_URL, by default
 clinic_crm_dispatch_bench), migrates it, creates patients with SMS care consent and one queued
 SMS each, and lets two workers send them to a fake Twilio on 127.0.0.1 (tests/reminders), which
-runs in a process of its own and notes the time of every request. The workers share Redis
-(REDIS_URL, the broker and the send-rate slots), as several hosts would. First the outbox goes
-out unthrottled with each number of workers (throughput); then --limited messages go out with
-the most workers under CHANNEL_RATE_LIMITS=sms=--limit, and the busiest one-second window the
-provider saw is reported. Workers are N `manage.py dispatch_messages` processes or, with
---mode qcluster, one `manage.py qcluster` with Q_WORKERS=N and N dispatch_task tasks.
+runs in a process of its own and notes the time of every request. Each message is as the
+planner leaves it, without a text: dispatch makes it from the rule's template. The workers
+share Redis (REDIS_URL, the broker and the send-rate slots), as several hosts would. First
+the outbox goes out unthrottled with each number of workers (throughput); then --limited
+messages go out with the most workers under CHANNEL_RATE_LIMITS=sms=--limit, and the busiest
+one-second window the provider saw is reported. Workers are N `manage.py dispatch_messages`
+processes or, with --mode qcluster, one `manage.py qcluster` with Q_WORKERS=N and N
+dispatch_task tasks.
 Then a few messages are sent in-process to count the queries each one costs.
 Results go to bench/results/dispatch.json.
 """
@@ -108,6 +110,8 @@ def populate(count: int) -> None:
         ],
         batch_size=1000,
     )
+    # As the planner leaves them: without a text, which dispatch makes from the rule's
+    # template just before the first try.
     OutboxMessage.objects.bulk_create(
         [
             OutboxMessage(
@@ -119,7 +123,6 @@ def populate(count: int) -> None:
                 due_at=now,
                 next_attempt_at=now,
                 expires_at=now + timedelta(hours=2),
-                body=f"王小姐您好，提醒您明天 10:30 家醫科回診。安心診所 ({p.chart_no})",
                 appointment=appointment,
                 anchor_at=visit,
             )

@@ -3,11 +3,13 @@
 For each rule its kind (campaigns.kinds) gives the *due set*: one row per (patient, occurrence)
 whose anchor (birthday, discharge, dose, refill window, appointment, last visit) plus an offset
 falls today, annotated in the same query with everything the send policy needs (consent per
-channel, contact points, audience facts, recent relationship messages). Python walks the due
-set as a stream, a batch at a time, never the patient table and never the whole set at once.
-Rows go in with bulk inserts, without their texts (`message_text` makes a text when the
-message is sent); the unique key (rule, patient, occurrence) makes planning idempotent, also
-when two workers plan at once.
+channel, contact points, audience facts, recent relationship messages). On PostgreSQL the
+whole rule is then one statement (campaigns.plan_sql): occurrences, decision, send time and
+writes in SQL. Elsewhere, and for dry runs, Python walks the due set as a stream, a batch at a
+time, never the patient table and never the whole set at once, asks `plan_decision` about
+each occurrence and writes in bulk. Either way rows go in without their texts (`message_text`
+makes a text when the message is sent), and the unique key (rule, patient, occurrence) makes
+planning idempotent, also when two workers plan at once.
 """
 
 import logging
@@ -246,7 +248,9 @@ def outbox_rows(
     return messages
 
 
-def message_text(message: OutboxMessage, channel: str, *, now: datetime) -> RenderedText | None:
+def message_text(
+    message: OutboxMessage, channel: str, *, now: datetime, profile: ClinicProfile | None = None
+) -> RenderedText | None:
     """The text of queued `message` for `channel`, made when it is sent on that channel (its
     first, or one it falls through to), not at planning: from the rule's template as it is
     now, for the message's patient and occurrence, as of the day the message was due. None when
@@ -274,7 +278,7 @@ def message_text(message: OutboxMessage, channel: str, *, now: datetime) -> Rend
     context = message_context(
         rule=rule,
         patient=patient,
-        profile=ClinicProfile.load(),
+        profile=profile or ClinicProfile.load(),
         refs={key.removesuffix("_id"): getattr(message, key.removesuffix("_id")) for key in ids},
         due=due,
         today=timezone.localdate(message.due_at),

@@ -146,7 +146,7 @@ def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
         # A planned message carries no text (campaigns.planner): it is made now, for the
         # channel it goes on, and kept, so that a retry or a resend after a crash sends the
         # same words.
-        text, why = _text_for(message, message.channel, now=now)
+        text, why = _text_for(message, message.channel, now=now, profile=profile)
         if text is None:
             exhausted = Status.FAILED if message.attempts_log.exists() else Status.DROPPED
             return _next_channel(message, now=now, reason=why, exhausted=exhausted)
@@ -284,12 +284,12 @@ def _next_channel(
 
 
 def _text_for(
-    message: OutboxMessage, channel: str, *, now: datetime
+    message: OutboxMessage, channel: str, *, now: datetime, profile: ClinicProfile | None = None
 ) -> tuple[RenderedText | None, str]:
     """The text of `message` on `channel`; or None and why not, in words for staff that never
     quote patient data."""
     try:
-        text = message_text(message, channel, now=now)
+        text = message_text(message, channel, now=now, profile=profile)
     except TemplateRenderError as error:
         # Its words never quote patient data; the log names ids only.
         log.warning(

@@ -19,10 +19,12 @@ from django.db import connection, transaction
 
 from campaigns import planner
 from campaigns.models import MessageTemplate, Rule, Skip
-from patients.models import ClinicDay, ClinicProfile, Condition
+from consent.models import Channel, Purpose
+from patients.models import ClinicDay, ClinicProfile, Condition, Patient
 from reminders.channels.base import _load
 from reminders.models import OutboxMessage
-from tests.helpers import MEMORY, taipei
+from tests.factories import AppointmentFactory, PatientFactory, grant
+from tests.helpers import MEMORY, only, plan, taipei
 
 pytestmark = pytest.mark.django_db
 
@@ -62,6 +64,7 @@ def clinic_with_history(settings):
     if connection.vendor != "postgresql":
         pytest.skip("campaigns.plan_sql plans on PostgreSQL only")
     settings.DEBUG = True  # seed_demo refuses to run elsewhere
+    settings.RELATIONSHIP_MESSAGES_PER_30_DAYS = 1
     settings.PUBLIC_BASE_URL = "http://127.0.0.1:8000"
     # E-mail is off here: patients who consented to e-mail only are channel_off.
     settings.REMINDER_CHANNELS = {"sms": MEMORY, "line": MEMORY}
@@ -73,6 +76,11 @@ def clinic_with_history(settings):
     profile.save()
     ClinicDay.objects.create(date=dt.date(2026, 11, 24), open=False, kind=ClinicDay.Kind.HOLIDAY)
     _narrow_some_rules()
+    _greeted_lately()
+    erased = Patient.objects.filter(appointments__isnull=False).order_by("pk")[:5]
+    Patient.objects.filter(pk__in=list(erased.values_list("pk", flat=True))).update(
+        erased_at=SEEDED
+    )
     return profile
 
 
@@ -90,6 +98,30 @@ def _narrow_some_rules() -> None:
     MessageTemplate.objects.filter(rule__name__startswith="術後", channel="line").exclude(
         language="en"
     ).delete()
+
+
+def _greeted_lately() -> None:
+    """Every other patient with a birthday in these days had a greeting ten days ago: at the
+    cap of one relationship message in 30 days."""
+    rule = Rule.objects.get(name__startswith="生日祝福")
+    sent = SEEDED - dt.timedelta(days=10)
+    birthdays = Patient.objects.filter(birth_mmdd__range=(1119, 1125)).order_by("pk")[::2]
+    OutboxMessage.objects.bulk_create(
+        OutboxMessage(
+            rule=rule,
+            patient=patient,
+            occurrence_key="earlier",
+            purpose=rule.purpose,
+            channel="sms",
+            status="sent",
+            due_at=sent,
+            next_attempt_at=sent,
+            sent_at=sent,
+            expires_at=sent + dt.timedelta(hours=12),
+            body="生日快樂",
+        )
+        for patient in birthdays
+    )
 
 
 def _planned(rule: Rule, now: dt.datetime, *, in_sql: bool) -> tuple[set, set, Counter]:
@@ -147,4 +179,31 @@ def test_the_statement_plans_every_rule_as_the_python_walk_does(clinic_with_hist
         "channel_off",
         "stale",
         "no_template",
+        "frequency_cap",
+        "already_confirmed",
+        "erased",
     } <= set(seen_reasons), seen_reasons
+
+
+def test_an_appointment_key_keeps_its_seconds_and_microseconds(clinic, memory_channels):
+    """The occurrence key names the visit's start in UTC as Python's isoformat() writes it: a
+    key written differently by the statement would plan the same visit twice."""
+    if connection.vendor != "postgresql":
+        pytest.skip("campaigns.plan_sql plans on PostgreSQL only")
+    rule = only("回診通知")
+    patient = PatientFactory()
+    grant(patient, Purpose.CARE, Channel.SMS)
+    starts = taipei(2026, 12, 1, 14, 30, 15, 123456)
+    appointment = AppointmentFactory(patient=patient, starts_at=starts)
+    now = taipei(2026, 11, 24, 8, 0)
+    in_python = _planned(rule, now, in_sql=False)[0]
+
+    plan(now)
+    plan(now + dt.timedelta(minutes=5))
+
+    message = OutboxMessage.objects.get()
+    assert (
+        message.occurrence_key
+        == f"appointment:{appointment.pk}:{starts.astimezone(dt.UTC).isoformat()}"
+    )
+    assert {m[1] for m in in_python} == {message.occurrence_key}
