@@ -1,9 +1,6 @@
 """Planning a rule in one statement on PostgreSQL: the due set, its occurrences, the send
 policy's decision, the send time and the writes, all in SQL.
 
-Two of the steps below are MATERIALIZED: inlined, PostgreSQL would compute the due set's
-consent subqueries, and the send time, again wherever a later step names their columns.
-
 The planner's Python walk (campaigns.planner) reads each due row, asks `plan_decision`, and
 writes outbox and skip rows: about 250 µs of Python per due row against 15 µs for the database
 to find it. Here the same steps are one `WITH … INSERT … SELECT` per rule:
@@ -18,11 +15,19 @@ to find it. Here the same steps are one `WITH … INSERT … SELECT` per rule:
     then the queued rows into the outbox and the skips into campaigns_skip, each with ON
     CONFLICT as the Python walk writes them.
 
+d and g are MATERIALIZED: inlined, PostgreSQL would compute the due set's subqueries (the
+frequency cap's count, the rule's conditions) and the send time again wherever a later step
+names their columns. The consent states are joined by index, one row per channel, as the
+hand-written SQL of bench/planner.py reads them: as subqueries of the due set, PostgreSQL hashed
+every patient's consent for each channel, 40-80 ms a rule whatever its size.
+
 `plan_decision` stays the reference: SQLite, dry runs, the forecast and the patient's plan use
 it, and the tests run every planner test through both (SQLite: Python; PostgreSQL: this).
 """
 
+import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -36,10 +41,11 @@ from campaigns.policy import limits_audience
 from campaigns.sendwindow import at_local, day_bounds, is_open_day, next_send_time
 from clinic_crm.copy_insert import default_values
 from consent.models import Purpose
-from patients.models import Appointment, ClinicProfile, age_on
+from patients.models import Appointment, ClinicProfile, Language, age_on
 from reminders.channels.base import channel_configured
 from reminders.models import OutboxMessage, Status
 
+Later = Callable[[str, str, str], list[str]]  # preferred, chosen channel, language → the rest
 STATES = ("granted", "withdrawn")  # per channel: joined here, not subqueries of the due set
 # Days around today whose send window the statement knows: every moment a pass plans from
 # (now, a send time today, a discharge today, a dose up to DOSE_LOOKAHEAD ahead) falls in them.
@@ -53,14 +59,16 @@ def plan_rule_sql(
     rows: models.QuerySet[Any],
     occurrences: Occurrences,
     templates: list[MessageTemplate],
+    later: Later,
     now: datetime,
     profile: ClinicProfile,
 ) -> tuple[int, Counter[str]]:
     """Plan `rule`'s due set `rows` (campaigns.planner.due_set) in one statement: the number
-    of messages queued and the skips by reason."""
+    of messages queued and the skips by reason. `later(preferred, channel, language)` gives a
+    message's channels_left as the Python walk does."""
     kind = KINDS[rule.kind]
     due_sql, due_params = rows.order_by().query.sql_with_params()
-    refs = {name: sql for name, sql in occurrences.refs.items()}
+    refs = dict(occurrences.refs)
     parts: list[Sql] = [
         (f"WITH d AS MATERIALIZED ({due_sql}),", list(due_params)),
         ("e AS (SELECT d.*, ", []),
@@ -93,7 +101,7 @@ def plan_rule_sql(
         ("h AS (SELECT g.*, ", []),
         _reason(rule, kind.fields, templates, now),
         (" AS _reason FROM g),", []),
-        _insert_messages(rule, templates, refs, now),
+        _insert_messages(rule, later, refs),
         (
             ", skipped AS (INSERT INTO campaigns_skip (rule_id, patient_id, occurrence_key,"
             " reason, at) SELECT %s, h.pid, h._key, h._reason, %s FROM h"
@@ -107,6 +115,9 @@ def plan_rule_sql(
     sql = " ".join(text for text, _params in parts)
     params = [param for _text, part_params in parts for param in part_params]
     with transaction.atomic(), connection.cursor() as cursor:
+        # As in the importer (patients.imports.importer._probe_by_index): with the default cost
+        # of a random read PostgreSQL joins a due set of a few thousand rows to the patients by
+        # reading all of them.
         cursor.execute("SET LOCAL random_page_cost = 1.1")
         cursor.execute(sql, params)
         counts = dict(cursor.fetchall())
@@ -116,8 +127,7 @@ def plan_rule_sql(
 
 def _consent_states(rule: Rule) -> Sql:
     """consent.selectors.consent_annotations' `<channel>_granted` and `<channel>_withdrawn`,
-    from one row of the patient's consent state per channel (`_consent_joins`): as the
-    hand-written SQL reads them, by index, rather than a hash of every patient's consent."""
+    from the patient's one consent state row per channel (`_consent_joins`)."""
     columns = [
         f", c_{channel}.granted IS TRUE AS {channel}_granted,"
         f" c_{channel}.granted IS FALSE AS {channel}_withdrawn"
@@ -145,7 +155,7 @@ def _aliased(columns: list[tuple[Sql, str]]) -> Sql:
     )
 
 
-def _usable(channel: str, row: str = "f") -> str:
+def _usable(channel: str, row: str) -> str:
     """The patient consented to the rule's purpose on `channel` and can be reached there."""
     return f"COALESCE({row}.{channel}_granted AND {row}.{channel}_address, false)"
 
@@ -295,21 +305,31 @@ def _no_channel(rule: Rule) -> Sql:
     )
 
 
-def _channels_left(rule: Rule, templates: list[MessageTemplate]) -> Sql:
-    """planner.outbox_rows' channels_left: the rule's other channels with a template, the
-    patient's preferred one first, as a JSON list."""
-    order = ", ".join("(%s, %s)" for _ in rule.channel_order)
-    has, params = _has_template("o.c", templates, "h")
+def _channels_left(rule: Rule, later: Later) -> Sql:
+    """The `channels_left` of each combination of the patient's preferred channel, the chosen
+    channel and the patient's language, as planner.outbox_rows makes them (`later`): a table
+    to join, `cl`, on the row's values (a preferred channel not the rule's, or a language
+    without templates, as ''). A row it would miss gets NULL, which the outbox refuses."""
+    configured = [channel for channel in rule.channel_order if channel_configured(channel)]
+    combinations = [
+        (preferred, channel, language, json.dumps(later(preferred, channel, language)))
+        for preferred in [*rule.channel_order, ""]
+        for channel in configured
+        for language in [*Language.values, ""]
+    ]
+    if not combinations:
+        return "", []
+    values = ", ".join(["(%s, %s, %s, %s::jsonb)"] * len(combinations))
     return (
-        "(SELECT COALESCE(jsonb_agg(o.c ORDER BY COALESCE(o.c = h.preferred, false) DESC, o.n),"  # noqa: S608
-        f" '[]'::jsonb) FROM (VALUES {order}) AS o(c, n) WHERE o.c <> h._channel AND {has})",
-        [*(x for n, c in enumerate(rule.channel_order) for x in (c, n)), *params],
+        f" LEFT JOIN (VALUES {values}) AS cl(preferred, channel, language, channels_left)"
+        " ON cl.channel = h._channel"
+        " AND cl.preferred = CASE WHEN h.preferred = ANY(%s) THEN h.preferred ELSE '' END"
+        " AND cl.language = CASE WHEN h.language = ANY(%s) THEN h.language ELSE '' END",
+        [*(x for row in combinations for x in row), list(rule.channel_order), Language.values],
     )
 
 
-def _insert_messages(
-    rule: Rule, templates: list[MessageTemplate], refs: dict[str, Sql], now: datetime
-) -> Sql:
+def _insert_messages(rule: Rule, later: Later, refs: dict[str, Sql]) -> Sql:
     """queued AS (INSERT INTO the outbox …): the occurrences of `h` without a reason, every
     other column at its field's default."""
     values: dict[str, Sql] = {
@@ -319,7 +339,7 @@ def _insert_messages(
         "occurrence_key": ("h._key", []),
         "purpose": ("%s", [rule.purpose]),
         "channel": ("h._channel", []),
-        "channels_left": _channels_left(rule, templates),
+        "channels_left": ("cl.channels_left", []),
         "status": ("%s", [Status.QUEUED]),
         "priority": ("%s", [rule.priority]),
         "due_at": ("h._send", []),
@@ -332,9 +352,10 @@ def _insert_messages(
         values[column] = ("%s", [default])
     columns = ", ".join(connection.ops.quote_name(column) for column in values)
     select = ", ".join(sql for sql, _params in values.values())
+    join, join_params = _channels_left(rule, later)
     return (
         f"queued AS (INSERT INTO reminders_outboxmessage ({columns}) SELECT {select} FROM h"  # noqa: S608
-        " WHERE h._reason IS NULL"
+        f"{join} WHERE h._reason IS NULL"
         " ON CONFLICT (rule_id, patient_id, occurrence_key) DO NOTHING RETURNING 1)",
-        [param for _sql, params in values.values() for param in params],
+        [param for _sql, params in values.values() for param in params] + join_params,
     )

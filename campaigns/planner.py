@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -138,6 +139,7 @@ def plan_rule(
             rows=rows,
             occurrences=selection.occurrences,
             templates=list(templates.values()),
+            later=partial(_later_channels, rule, templates),
             now=now,
             profile=profile,
         )
@@ -201,6 +203,23 @@ def _template(
     return templates.get((channel, language)) or templates.get((channel, "zh-hant"))
 
 
+def _later_channels(
+    rule: Rule,
+    templates: dict[tuple[str, str], MessageTemplate],
+    preferred: str,
+    channel: str,
+    language: str,
+) -> list[str]:
+    """A message's channels_left: every other channel of the rule with a template, in order
+    (the patient's preferred first). One without consent today may have it by the time the
+    first fails: the gate checks again before each try."""
+    return [
+        other
+        for other in channel_order_for(rule, preferred)
+        if other != channel and _template(templates, other, language) is not None
+    ]
+
+
 def outbox_rows(
     rule: Rule,
     to_queue: list[ToQueue],
@@ -222,13 +241,6 @@ def outbox_rows(
             result.skipped[SkipReason.NO_TEMPLATE] += 1
             skips.append(_skip(rule, due, SkipReason.NO_TEMPLATE, now))
             continue
-        # Every other channel of the rule with a template, in order: one without consent today
-        # may have it by the time the first fails (the gate checks again before each try).
-        later = [
-            other
-            for other in channel_order_for(rule, row["preferred"])
-            if other != channel and _template(templates, other, language) is not None
-        ]
         messages.append(
             OutboxMessage(
                 rule=rule,
@@ -236,7 +248,7 @@ def outbox_rows(
                 occurrence_key=due.occurrence_key,
                 purpose=rule.purpose,
                 channel=channel,
-                channels_left=later,
+                channels_left=_later_channels(rule, templates, row["preferred"], channel, language),
                 priority=rule.priority,
                 due_at=item.send_at,
                 next_attempt_at=item.send_at,
