@@ -142,18 +142,18 @@ def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
         exhausted = Status.FAILED if tried else Status.DROPPED
         return _next_channel(message, now=now, reason=reason, exhausted=exhausted)
 
+    made: list[str] = []
     if not message.body:
         # A planned message carries no text (campaigns.planner): it is made now, for the
-        # channel it goes on, and kept, so that a retry or a resend after a crash sends the
-        # same words.
+        # channel it goes on, and kept with the attempt below, so that a retry or a resend
+        # after a crash sends the same words.
         text, why = _text_for(message, message.channel, now=now, profile=profile)
         if text is None:
             exhausted = Status.FAILED if message.attempts_log.exists() else Status.DROPPED
             return _next_channel(message, now=now, reason=why, exhausted=exhausted)
-        fields = _text_fields(message, message.channel, text)
-        for name, value in fields.items():
+        for name, value in _text_fields(message, message.channel, text).items():
             setattr(message, name, value)
-        message.save(update_fields=list(fields))
+            made.append(name)
     try:
         # Nothing has left the machine if these fail (a missing address, a channel turned
         # off since the gate looked): a plain failure of this channel, never "maybe sent".
@@ -166,7 +166,10 @@ def message_send(*, message: OutboxMessage, now: datetime, profile: ClinicProfil
             "error": type(exc).__name__,
         }
         return _next_channel(message, now=now, reason=reason, exhausted=Status.FAILED)
-    attempt = Attempt.objects.create(message=message, channel=message.channel, started_at=now)
+    with transaction.atomic():  # one commit, before anything leaves the machine
+        if made:
+            message.save(update_fields=made)
+        attempt = Attempt.objects.create(message=message, channel=message.channel, started_at=now)
     try:
         provider_id = adapter.send(outgoing)
     except OutcomeUnknown as exc:
