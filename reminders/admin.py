@@ -105,7 +105,7 @@ class OutboxMessageAdmin(
                 ]
             },
         ),
-        (_("Text"), {"fields": ["subject", "body"]}),
+        (_("Text"), {"fields": ["subject", "text"]}),
         (
             _("Delivery"),
             {
@@ -142,6 +142,11 @@ class OutboxMessageAdmin(
     @admin.display(description=_("waiting for"))
     def waiting_for(self, obj: OutboxMessage) -> str:
         return waiting_for(obj)
+
+    @admin.display(description=_("text"))
+    def text(self, obj: OutboxMessage) -> str:
+        # A planned message has none yet: dispatch makes it just before the first try.
+        return obj.body or _("Not written yet: made from the rule's template when it is sent.")
 
     @admin.display(description=_("occurrence"))
     def occurrence(self, obj: OutboxMessage) -> str:

@@ -91,6 +91,14 @@ def test_outbox_page_shows_the_decrypted_text_and_audits_the_view(desk, front_de
     assert list(entry.patients.all()) == [patient]
 
 
+def test_a_planned_message_says_its_text_is_made_when_it_is_sent(desk):
+    message = outbox(PatientFactory(), body="")
+
+    response = desk.get(reverse("admin:reminders_outboxmessage_change", args=[message.pk]))
+
+    assert "尚未產生：發送時依規則的範本產生。" in response.content.decode()
+
+
 def test_outbox_list_audits_the_patients_shown(desk):
     shown = [outbox(PatientFactory()).patient for _ in range(3)]
 
