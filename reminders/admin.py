@@ -145,8 +145,7 @@ class OutboxMessageAdmin(
 
     @admin.display(description=_("text"))
     def text(self, obj: OutboxMessage) -> str:
-        # A planned message has none yet: dispatch makes it just before the first try.
-        return obj.body or _("Not written yet: made from the rule's template when it is sent.")
+        return obj.text_for_staff()
 
     @admin.display(description=_("occurrence"))
     def occurrence(self, obj: OutboxMessage) -> str:

@@ -302,7 +302,7 @@ def conversation(*, patient: Patient, limit: int = 200) -> list[Entry]:
             at=row.sent_at or row.created_at,
             inbound=False,
             channel=row.channel,
-            text=row.body,
+            text=row.text_for_staff(),
             status=row.get_status_display(),
             error=row.error if row.status in (Status.DROPPED, Status.FAILED) else "",
         )

@@ -169,6 +169,14 @@ class OutboxMessage(models.Model):
         channel, status = self.get_channel_display(), self.get_status_display()
         return f"{self.rule} → {self.patient} ({channel}, {status})"
 
+    def text_for_staff(self) -> str:
+        """The text; for a planned message still waiting, whose text dispatch makes just
+        before the first try, a note saying so (not an empty text, nor one erased by
+        retention)."""
+        if self.body or self.status not in (Status.QUEUED, Status.SENDING):
+            return self.body
+        return str(_("Not written yet: made from the rule's template when it is sent."))
+
 
 class Attempt(models.Model):
     """One hand-over to a provider. Written before the call, so a crash mid-send is visible."""

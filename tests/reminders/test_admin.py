@@ -99,6 +99,14 @@ def test_a_planned_message_says_its_text_is_made_when_it_is_sent(desk):
     assert "尚未產生：發送時依規則的範本產生。" in response.content.decode()
 
 
+def test_a_sent_message_whose_text_retention_erased_shows_no_note(desk):
+    message = outbox(PatientFactory(), body="", status=Status.SENT)
+
+    response = desk.get(reverse("admin:reminders_outboxmessage_change", args=[message.pk]))
+
+    assert "尚未產生" not in response.content.decode()
+
+
 def test_outbox_list_audits_the_patients_shown(desk):
     shown = [outbox(PatientFactory()).patient for _ in range(3)]
 
