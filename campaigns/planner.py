@@ -270,10 +270,8 @@ def message_text(
     never quote patient data), also when its tracked links can't be made; those links get
     their rows here."""
     rule, patient = message.rule, message.patient
-    templates = {
-        (t.channel, t.language): t
-        for t in MessageTemplate.objects.filter(rule=rule, channel=channel)
-    }
+    # rule.templates: prefetched for a dispatch batch (reminders.services.messages_claim).
+    templates = {(t.channel, t.language): t for t in rule.templates.all() if t.channel == channel}
     template = _template(templates, channel, patient.preferred_language)
     if template is None:
         return None

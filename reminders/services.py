@@ -85,6 +85,7 @@ def messages_claim(*, now: datetime, limit: int) -> list[OutboxMessage]:
     return list(
         OutboxMessage.objects.filter(claim=token, status=Status.SENDING)
         .select_related("patient", "rule", "appointment", "refill_window", "prescription")
+        .prefetch_related("rule__templates")  # a planned message's text is made from them
         .order_by("priority", "next_attempt_at", "id")
     )
 
