@@ -91,12 +91,16 @@ def _value(value: Any, cast: str) -> Sql:
 
 def _case(column: str, values: Mapping[Any, Any], cast: str) -> Sql:
     """CASE `column` WHEN key THEN value … END, as `cast`."""
+    if not values:
+        return f"NULL::{cast}", []
     whens = " ".join("WHEN %s THEN %s" for _ in values)
     return f"(CASE {column} {whens} END)::{cast}", [x for pair in values.items() for x in pair]
 
 
 def _case_by_day(column: str, values: Mapping[date, Any], cast: str, default: Sql = NULL) -> Sql:
     """CASE by the clinic-local day a timestamp `column` falls on: that day's value."""
+    if not values:
+        return default
     whens, params = [], []
     for day, value in values.items():
         whens.append(f"WHEN {column} >= %s AND {column} < %s THEN %s::{cast}")

@@ -207,3 +207,21 @@ def test_an_appointment_key_keeps_its_seconds_and_microseconds(clinic, memory_ch
         == f"appointment:{appointment.pk}:{starts.astimezone(dt.UTC).isoformat()}"
     )
     assert {m[1] for m in in_python} == {message.occurrence_key}
+
+
+def test_a_visit_day_reminder_plans_the_same_both_ways(clinic, memory_channels):
+    """An appointment rule whose offsets name no day before the visit (a reminder the morning
+    of it): no day-before facts to look up in SQL."""
+    if connection.vendor != "postgresql":
+        pytest.skip("campaigns.plan_sql plans on PostgreSQL only")
+    rule = only("回診通知")
+    rule.offsets = [0]
+    rule.save()
+    patient = PatientFactory()
+    grant(patient, Purpose.CARE, Channel.SMS)
+    AppointmentFactory(patient=patient, starts_at=taipei(2026, 11, 24, 15, 0))
+    now = taipei(2026, 11, 24, 8, 0)
+
+    in_sql, in_python = _planned(rule, now, in_sql=True), _planned(rule, now, in_sql=False)
+
+    assert in_sql == in_python and len(in_sql[0]) == 1
