@@ -317,8 +317,8 @@ def _channels_left(rule: Rule, later: Later) -> Sql:
         for channel in configured
         for language in [*Language.values, ""]
     ]
-    if not combinations:
-        return "", []
+    if not combinations:  # no channel of the rule is configured here: nothing is queued
+        return " LEFT JOIN (SELECT '[]'::jsonb AS channels_left) AS cl ON true", []
     values = ", ".join(["(%s, %s, %s, %s::jsonb)"] * len(combinations))
     return (
         f" LEFT JOIN (VALUES {values}) AS cl(preferred, channel, language, channels_left)"

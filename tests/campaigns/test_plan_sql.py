@@ -225,3 +225,19 @@ def test_a_visit_day_reminder_plans_the_same_both_ways(clinic, memory_channels):
     in_sql, in_python = _planned(rule, now, in_sql=True), _planned(rule, now, in_sql=False)
 
     assert in_sql == in_python and len(in_sql[0]) == 1
+
+
+def test_a_rule_with_no_channel_configured_skips_the_same_both_ways(clinic, settings):
+    if connection.vendor != "postgresql":
+        pytest.skip("campaigns.plan_sql plans on PostgreSQL only")
+    settings.REMINDER_CHANNELS = {}
+    rule = only("回診通知")
+    patient = PatientFactory()
+    grant(patient, Purpose.CARE, Channel.SMS)
+    AppointmentFactory(patient=patient, starts_at=taipei(2026, 12, 1, 14, 30))
+    now = taipei(2026, 11, 24, 8, 0)
+
+    in_sql, in_python = _planned(rule, now, in_sql=True), _planned(rule, now, in_sql=False)
+
+    assert in_sql == in_python
+    assert in_sql[1] == {(patient.pk, next(iter(in_sql[1]))[1], "channel_off")}
