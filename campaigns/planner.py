@@ -179,8 +179,8 @@ def _plan_in_python(
                 to_queue.append(ToQueue(due, decision.channel, decision.send_at))
         messages = outbox_rows(rule, to_queue, templates, result, skips, now)
         if not dry_run:
-            # COPY on PostgreSQL (clinic_crm.copy_insert): a message another worker planned
-            # meanwhile is left as it is; a skip recorded earlier takes the new reason.
+            # clinic_crm.copy_insert: a message another worker planned meanwhile is left as it
+            # is; a skip recorded earlier takes the new reason.
             key = ["rule", "patient", "occurrence_key"]
             insert_new(OutboxMessage, messages, unique_fields=key)
             insert_new(Skip, skips, unique_fields=key, update_fields=["reason", "at"])
