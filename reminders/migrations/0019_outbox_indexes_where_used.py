@@ -9,6 +9,17 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+# Django's names of the indexes db_index made, the same on both databases.
+DROPPED = {
+    "appointment_id": "reminders_outboxmessage_appointment_id_9173bf67",
+    "patient_id": "reminders_outboxmessage_patient_id_7c1097c8",
+    "prescription_id": "reminders_outboxmessage_prescription_id_adaa199a",
+    "procedure_id": "reminders_outboxmessage_procedure_id_2d990175",
+    "refill_window_id": "reminders_outboxmessage_refill_window_id_78a72813",
+    "rule_id": "reminders_outboxmessage_rule_id_4d4a8f2e",
+}
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("campaigns", "0013_outbox_indexes_where_used"),
@@ -20,29 +31,10 @@ class Migration(migrations.Migration):
         migrations.SeparateDatabaseAndState(
             database_operations=[
                 migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "reminders_outboxmessage_appointment_id_9173bf67"',
-                    reverse_sql='CREATE INDEX "reminders_outboxmessage_appointment_id_9173bf67" ON "reminders_outboxmessage" ("appointment_id")',
-                ),
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "reminders_outboxmessage_patient_id_7c1097c8"',
-                    reverse_sql='CREATE INDEX "reminders_outboxmessage_patient_id_7c1097c8" ON "reminders_outboxmessage" ("patient_id")',
-                ),
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "reminders_outboxmessage_prescription_id_adaa199a"',
-                    reverse_sql='CREATE INDEX "reminders_outboxmessage_prescription_id_adaa199a" ON "reminders_outboxmessage" ("prescription_id")',
-                ),
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "reminders_outboxmessage_procedure_id_2d990175"',
-                    reverse_sql='CREATE INDEX "reminders_outboxmessage_procedure_id_2d990175" ON "reminders_outboxmessage" ("procedure_id")',
-                ),
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "reminders_outboxmessage_refill_window_id_78a72813"',
-                    reverse_sql='CREATE INDEX "reminders_outboxmessage_refill_window_id_78a72813" ON "reminders_outboxmessage" ("refill_window_id")',
-                ),
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "reminders_outboxmessage_rule_id_4d4a8f2e"',
-                    reverse_sql='CREATE INDEX "reminders_outboxmessage_rule_id_4d4a8f2e" ON "reminders_outboxmessage" ("rule_id")',
-                ),
+                    f'DROP INDEX IF EXISTS "{name}"',
+                    reverse_sql=f'CREATE INDEX "{name}" ON "reminders_outboxmessage" ("{column}")',
+                )
+                for column, name in DROPPED.items()
             ],
             state_operations=[
                 migrations.AlterField(
