@@ -196,16 +196,26 @@ class SkipReason(models.TextChoices):
 class Skip(models.Model):
     """Why a patient who was due for a rule got no message: answers "why didn't she get it?"."""
 
-    # No index of its own: skip_once_per_occurrence starts with the rule.
+    # No index of its own: skip_once_per_occurrence starts with the rule. No foreign keys in
+    # the database (db_constraint): a planning pass writes a skip for every due patient it
+    # does not message, and checking their keys at commit locks each patient row, a tenth of
+    # the pass. A skip is an explanation, replaced by the next pass and erased by retention;
+    # the ORM still deletes a rule's and a patient's skips with them (on_delete), and a skip
+    # whose rule or patient was removed by hand is joined to nothing, so shown nowhere.
     rule = models.ForeignKey(
         Rule,
         on_delete=models.CASCADE,
         related_name="skips",
         verbose_name=_("rule"),
         db_index=False,
+        db_constraint=False,
     )
     patient = models.ForeignKey(
-        Patient, on_delete=models.CASCADE, related_name="rule_skips", verbose_name=_("patient")
+        Patient,
+        on_delete=models.CASCADE,
+        related_name="rule_skips",
+        verbose_name=_("patient"),
+        db_constraint=False,
     )
     occurrence_key = models.CharField(_("occurrence"), max_length=120)
     reason = models.CharField(_("reason"), max_length=20, choices=SkipReason.choices)

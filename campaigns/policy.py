@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import (
     BigIntegerField,
     Count,
@@ -48,7 +49,7 @@ from consent.selectors import (
 )
 from patients.models import Appointment, ClinicProfile, Patient, age_on
 from reminders.channels.base import channel_configured
-from reminders.models import GroupSend, InboundMessage, OutboxMessage, Status
+from reminders.models import MESSAGE_ABOUT, GroupSend, InboundMessage, OutboxMessage, Status
 
 CAP_WINDOW = timedelta(days=30)
 # A staff message written within this long after the patient's own message on that channel
@@ -331,6 +332,8 @@ def send_decision(*, message: OutboxMessage, now: datetime, profile: ClinicProfi
         return Verdict(Action.DROP, _("rule switched off"))
     if message.patient.erased_at is not None:
         return _drop(SkipReason.ERASED)
+    if about_removed(message):
+        return Verdict(Action.DROP, _("the record it is about was removed"))
     if reason := KINDS[message.rule.kind].still_true(message):
         return Verdict(Action.DROP, reason)
     if message.appointment is not None and already_confirmed(
@@ -370,6 +373,20 @@ def send_decision(*, message: OutboxMessage, now: datetime, profile: ClinicProfi
             return _drop(SkipReason.STALE)
         return Verdict(Action.WAIT, until=after_gap)
     return SEND
+
+
+def about_removed(message: OutboxMessage) -> bool:
+    """Whether a record `message` names (its appointment, procedure, …) is gone: with no
+    foreign key in the database, a row deleted past the ORM leaves the message its id."""
+    for about in MESSAGE_ABOUT:
+        if getattr(message, f"{about}_id") is None:
+            continue
+        try:
+            if getattr(message, about) is None:  # joined (select_related) and not found
+                return True
+        except ObjectDoesNotExist:  # read now and not found
+            return True
+    return False
 
 
 def is_urgent(message: OutboxMessage) -> bool:

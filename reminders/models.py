@@ -23,8 +23,10 @@ class Status(models.TextChoices):
 FINAL = [Status.SENT, Status.DELIVERED, Status.FAILED, Status.DROPPED, Status.UNKNOWN]
 
 
-# The records a message is about, each indexed where set (most messages are about one of them).
-MESSAGE_ABOUT_INDEXES = {
+# The records a message is about (a message names one at most), each with its index where set.
+# They have no foreign key in the database (OutboxMessage.appointment): the gate checks they
+# still exist (campaigns.policy.send_decision).
+MESSAGE_ABOUT = {
     "appointment": "message_appointment",
     "procedure": "message_procedure",
     "prescription": "message_prescription",
@@ -77,18 +79,42 @@ class OutboxMessage(models.Model):
     subject = EncryptedCharField(_("subject"), max_length=150, blank=True, erase_with_patient=True)
     body = EncryptedTextField(_("text"), erase_with_patient=True)
     # What the message is about, re-checked just before sending (cancelled, rescheduled, …).
+    # No foreign key in the database (db_constraint): its check at each commit locks the row a
+    # new message names, a fifth of a planning pass's time. The ORM still protects them
+    # (on_delete), the gate re-checks them before every send and drops a message whose record
+    # is gone (policy.send_decision), and the rule and the patient keep their keys.
     appointment = models.ForeignKey(
-        Appointment, on_delete=models.PROTECT, null=True, blank=True, db_index=False
+        Appointment,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        db_index=False,
+        db_constraint=False,
     )
     procedure = models.ForeignKey(
-        Procedure, on_delete=models.PROTECT, null=True, blank=True, db_index=False
+        Procedure,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        db_index=False,
+        db_constraint=False,
     )
     prescription = models.ForeignKey(
-        Prescription, on_delete=models.PROTECT, null=True, blank=True, db_index=False
+        Prescription,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        db_index=False,
+        db_constraint=False,
     )
     # SET_NULL: staff may shorten a prescription's refills; the gate then drops the message.
     refill_window = models.ForeignKey(
-        RefillWindow, on_delete=models.SET_NULL, null=True, blank=True, db_index=False
+        RefillWindow,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        db_index=False,
+        db_constraint=False,
     )
     anchor_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
@@ -126,7 +152,7 @@ class OutboxMessage(models.Model):
                 models.Index(
                     fields=[about], condition=models.Q((f"{about}__isnull", False)), name=name
                 )
-                for about, name in MESSAGE_ABOUT_INDEXES.items()
+                for about, name in MESSAGE_ABOUT.items()
             ),
             # The dashboard's aggregates over a date range (dashboard/selectors.py): every
             # column its funnel and trends count, so PostgreSQL reads the index, not the rows

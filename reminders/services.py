@@ -34,7 +34,7 @@ from campaigns.templating import RenderedText, TemplateRenderError
 from consent.models import Channel
 from patients.models import ClinicProfile
 from reminders.channels.base import ChannelError, OutcomeUnknown, OutgoingMessage, get_channel
-from reminders.models import Attempt, OutboxMessage, StaffTask, Status
+from reminders.models import MESSAGE_ABOUT, Attempt, OutboxMessage, StaffTask, Status
 from reminders.ratelimit import rate_limiter
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def messages_claim(*, now: datetime, limit: int) -> list[OutboxMessage]:
         return []
     return list(
         OutboxMessage.objects.filter(claim=token, status=Status.SENDING)
-        .select_related("patient", "rule", "appointment", "refill_window", "prescription")
+        .select_related("patient", "rule", *MESSAGE_ABOUT)
         .prefetch_related("rule__templates")  # a planned message's text is made from them
         .order_by("priority", "next_attempt_at", "id")
     )

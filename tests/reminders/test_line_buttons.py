@@ -9,6 +9,7 @@ import logging
 import uuid
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from campaigns.models import Rule
@@ -300,6 +301,24 @@ def test_a_postback_for_a_cancelled_or_past_appointment_changes_nothing(
     appointment.refresh_from_db()
     assert appointment.status != Appointment.Status.CONFIRMED
     assert not StaffTask.objects.exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite keeps the foreign key")
+def test_a_postback_for_an_appointment_deleted_by_hand_is_refused(client, request_sent):
+    # No database key from the outbox to the appointment (reminders.models): the answer is
+    # refused (200, nothing done), not a server error.
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(
+            "DELETE FROM patients_appointment WHERE id = %s", [request_sent.appointment_id]
+        )
+
+    tap(client, LINE_ID, f"confirm:{request_sent.uuid}")
+    tap(client, LINE_ID, f"change:{request_sent.uuid}")
+
+    assert not StaffTask.objects.exists()
+    request_sent.refresh_from_db()
+    assert request_sent.replied_at is None
 
 
 def test_an_answer_that_does_not_fit_the_message_changes_nothing(client, checkin, request_sent):
