@@ -147,7 +147,13 @@ class OutboxMessage(models.Model):
                 fields=["claimed_at"], condition=models.Q(status="sending"), name="message_sending"
             ),
             models.Index(fields=["patient", "-created_at"], name="message_patient_recent"),
-            models.Index(fields=["provider_id"], name="message_provider_id"),
+            # Status reports find their message by the provider's id; a planned message has
+            # none yet, so the planner's rows cost this index nothing.
+            models.Index(
+                fields=["provider_id"],
+                condition=~models.Q(provider_id=""),
+                name="message_provider_id_set",
+            ),
             *(
                 models.Index(
                     fields=[about], condition=models.Q((f"{about}__isnull", False)), name=name
