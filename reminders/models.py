@@ -1,4 +1,5 @@
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -32,6 +33,13 @@ MESSAGE_ABOUT = {
     "prescription": "message_prescription",
     "refill_window": "message_refill_window_id",
 }
+
+
+def _about(model: type[models.Model], on_delete: Any) -> "models.ForeignKey[Any, Any]":
+    """A record a message may be about (OutboxMessage.appointment and the others)."""
+    return models.ForeignKey(
+        model, on_delete=on_delete, null=True, blank=True, db_index=False, db_constraint=False
+    )
 
 
 class OutboxMessage(models.Model):
@@ -83,39 +91,11 @@ class OutboxMessage(models.Model):
     # new message names, a fifth of a planning pass's time. The ORM still protects them
     # (on_delete), the gate re-checks them before every send and drops a message whose record
     # is gone (policy.send_decision), and the rule and the patient keep their keys.
-    appointment = models.ForeignKey(
-        Appointment,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        db_index=False,
-        db_constraint=False,
-    )
-    procedure = models.ForeignKey(
-        Procedure,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        db_index=False,
-        db_constraint=False,
-    )
-    prescription = models.ForeignKey(
-        Prescription,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        db_index=False,
-        db_constraint=False,
-    )
+    appointment = _about(Appointment, models.PROTECT)
+    procedure = _about(Procedure, models.PROTECT)
+    prescription = _about(Prescription, models.PROTECT)
     # SET_NULL: staff may shorten a prescription's refills; the gate then drops the message.
-    refill_window = models.ForeignKey(
-        RefillWindow,
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        db_index=False,
-        db_constraint=False,
-    )
+    refill_window = _about(RefillWindow, models.SET_NULL)
     anchor_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
