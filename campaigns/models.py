@@ -200,8 +200,9 @@ class Skip(models.Model):
     # the database (db_constraint): a planning pass writes a skip for every due patient it
     # does not message, and checking their keys at commit locks each patient row, a tenth of
     # the pass. A skip is an explanation, replaced by the next pass and erased by retention;
-    # the ORM still deletes a rule's and a patient's skips with them (on_delete), and a skip
-    # whose rule or patient was removed by hand is joined to nothing, so shown nowhere.
+    # the ORM still deletes a rule's skips with it (on_delete; a patient row is never deleted,
+    # reminders.models.OutboxMessage.patient), and a skip whose rule or patient was removed
+    # by hand is joined to nothing, so shown nowhere.
     rule = models.ForeignKey(
         Rule,
         on_delete=models.CASCADE,

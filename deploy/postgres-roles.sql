@@ -108,11 +108,12 @@ ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA public
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO :"app";
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO :"app";
 
--- ... but rows of the append-only tables are never changed or removed, and current consent is
--- never removed. (The migrations that create these tables take the same rights back.)
+-- ... but rows of the append-only tables are never changed or removed, and current consent and
+-- patients are never removed (a patient is erased: the row stays). (The migrations take the
+-- same rights back.)
 SELECT format('REVOKE UPDATE, DELETE, TRUNCATE ON %I FROM %I', name, :'app')
 FROM unnest(ARRAY['patients_auditentry', 'patients_auditlink', 'consent_consententry']) AS name
 WHERE to_regclass(name) IS NOT NULL \gexec
 SELECT format('REVOKE DELETE, TRUNCATE ON %I FROM %I', name, :'app')
-FROM unnest(ARRAY['consent_consentstate']) AS name
+FROM unnest(ARRAY['consent_consentstate', 'patients_patient']) AS name
 WHERE to_regclass(name) IS NOT NULL \gexec

@@ -349,6 +349,11 @@ class PatientAdmin(ExportAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
         response["Content-Disposition"] = f'attachment; filename="patient-{patient.chart_no}.json"'
         return response
 
+    def has_delete_permission(self, request, obj=None):
+        # A patient is erased, never deleted: the record stays (medical records are kept for
+        # years) and the app's database role may not DELETE it (patients/0016).
+        return False
+
     @admin.action(description=_("Erase contact data and stop all messages"))
     def erase(self, request, queryset):
         if not request.user.has_perm("patients.erase_patient"):

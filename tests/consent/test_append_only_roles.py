@@ -267,6 +267,8 @@ ALTERING_THE_GUARDS = [
     "CREATE TABLE sneaky (id integer)",
     "SET session_replication_role = replica",
 ]
+# A patient is erased, never deleted (patients/0016): nothing to guard with a foreign key.
+REMOVING_PATIENTS = ["DELETE FROM patients_patient", "TRUNCATE patients_patient CASCADE"]
 # Refused for want of a right (42501, which "must be owner" is too), or by the triggers
 # (42501 for append-only tables, 23514 for current consent): a typo's error would not match.
 REFUSED = {"42501", "23514"}
@@ -276,11 +278,11 @@ def _rows(deployment: Deployment) -> dict[str, int]:
     with deployment.connect(deployment.owner) as conn:
         return {
             table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
-            for table in [*APPEND_ONLY, "consent_consentstate"]
+            for table in [*APPEND_ONLY, "consent_consentstate", "patients_patient"]
         }
 
 
-@pytest.mark.parametrize("statement", REWRITING_HISTORY + ALTERING_THE_GUARDS)
+@pytest.mark.parametrize("statement", REWRITING_HISTORY + ALTERING_THE_GUARDS + REMOVING_PATIENTS)
 def test_the_app_role_cannot_rewrite_history_or_lift_the_guards(deployment, app_work, statement):
     # given rows in every guarded table
     before = _rows(deployment)
