@@ -119,6 +119,9 @@ def plan_rule_sql(
         # of a random read PostgreSQL joins a due set of a few thousand rows to the patients by
         # reading all of them.
         cursor.execute("SET LOCAL random_page_cost = 1.1")
+        # The due set and the decided rows are kept for the two INSERTs: at a million patients
+        # a rule's 70,000 due rows are 30 MB, which the default 4 MB would write to disk.
+        cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(sql, params)
         counts = dict(cursor.fetchall())
     queued = counts.pop("")
