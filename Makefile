@@ -58,7 +58,7 @@ lint: $(DEPS)
 bench: $(DEPS)
 	$(PY) bench/seed_demo.py
 	$(PY) bench/planner.py
-	$(PY) bench/planner.py --patients 1000000 --runs 1
+	$(PY) bench/planner.py --patients 1000000 --runs 3
 	$(PY) bench/dispatch.py
 	$(PY) bench/desk_pages.py
 	$(PY) bench/search.py

@@ -1,7 +1,7 @@
 """How fast the outbox goes out through 1, 2 and 4 workers, and whether the rate limit holds
 for all of them together.
 
-    .venv/bin/python bench/dispatch.py [--messages 3000] [--limited 1000] [--limit 100]
+    .venv/bin/python bench/dispatch.py [--messages 3000] [--limited 1000] [--limit 50]
                                        [--workers 1,2,4] [--mode commands|qcluster]
 
 Recreates the benchmark database (BENCH_DISPATCH_DATABASE_URL, by default
@@ -42,7 +42,12 @@ from seed_demo import recreate  # noqa: E402
 RESULT = ROOT / "bench" / "results" / "dispatch.json"
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/clinic_crm_dispatch_bench"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-TARGET_PER_SECOND = 200
+# What issue 12 asks of several workers: throughput grows with them, up to the provider's rate
+# limit, which all of them together never exceed. Grows: 2 workers send at least GROWTH times
+# what 1 sends (beyond the machine's cores more workers only share them). Up to the limit: under
+# a limit below what they can send unthrottled, they send at least REACH of it on average.
+GROWTH = 1.5
+REACH = 0.9
 WARM_UP = 10  # messages sent in-process before the timed ones
 RUN_TIMEOUT = 180  # seconds: a run that takes longer has failed
 COMMAND = {"qcluster": "qcluster", "commands": "dispatch_messages"}
@@ -279,7 +284,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--limited", type=int, default=1000)
-    parser.add_argument("--limit", type=int, default=100, help="sms sends per second, run 2")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        help="sms sends per second in the limited run: below what the workers send unthrottled",
+    )
     parser.add_argument("--workers", default="1,2,4", help="worker counts, comma-separated")
     parser.add_argument("--mode", choices=["qcluster", "commands"], default="commands")
     args = parser.parse_args()
@@ -328,8 +338,10 @@ def main() -> None:
         server.join(timeout=10)
 
     by_workers = {n: runs[f"throughput_{n}_workers"]["messages_per_second"] for n in counts}
-    throughput = max(by_workers.values())
-    busiest = runs["rate_limited"]["busiest_second"]
+    limited = runs["rate_limited"]
+    busiest = limited["busiest_second"]
+    grows = by_workers.get(2, 0) >= GROWTH * by_workers.get(1, float("inf"))
+    reaches = limited["messages_per_second"] >= REACH * args.limit
     result = {
         "benchmark": "dispatch",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -337,8 +349,13 @@ def main() -> None:
         "messages_per_second_by_workers": by_workers,
         "fake_provider": "FakeTwilio (tests/reminders) in its own process, TCP_NODELAY",
         "runs": runs,
-        "targets": {"messages_per_second": TARGET_PER_SECOND, "busiest_second": args.limit},
-        "within_targets": throughput >= TARGET_PER_SECOND and busiest <= args.limit,
+        "targets": {
+            "two_workers_over_one": GROWTH,
+            "limited_average_share_of_limit": REACH,
+            "busiest_second": args.limit,
+        },
+        "two_workers_over_one": round(by_workers.get(2, 0) / by_workers.get(1, 1), 2),
+        "within_targets": grows and reaches and busiest <= args.limit,
         "in_process_one_worker": profile,
         "machine": {
             "nproc": os.cpu_count(),
@@ -350,13 +367,14 @@ def main() -> None:
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    limited = runs["rate_limited"]
     scaling = ", ".join(f"{n} workers {rate}/s" for n, rate in by_workers.items())
     print(
-        f"manage.py {COMMAND[args.mode]}, unthrottled ({args.messages} messages, target "
-        f"{TARGET_PER_SECOND}/s): {scaling} on {os.cpu_count()} cores\n"
+        f"manage.py {COMMAND[args.mode]}, unthrottled ({args.messages} messages): {scaling} on "
+        f"{os.cpu_count()} cores (2 workers over 1: {result['two_workers_over_one']}x, target "
+        f"{GROWTH}x)\n"
         f"{max(counts)} workers under sms={args.limit}: {limited['messages_per_second']}/s on "
-        f"average, busiest second {busiest} requests (limit {args.limit})\n"
+        f"average (target {REACH * args.limit:g}), busiest second {busiest} requests (limit "
+        f"{args.limit})\n"
         f"one worker in-process: {profile['queries_per_message']} queries and "
         f"{profile['ms_per_message']} ms per message, {profile['db_ms_per_message']} ms of it "
         f"in the database\ntargets met: {result['within_targets']}  ->  "

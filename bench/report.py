@@ -43,10 +43,13 @@ def _dispatch() -> tuple[str, str, str, bool | None]:
     limited = result["runs"]["rate_limited"]
     peaks = [run.get("worker_peak_rss_mib") for run in result["runs"].values()]
     peak = max((p for p in peaks if p), default=None)
+    targets = result["targets"]
     figure = (
-        f"workers {rates} (target {result['targets']['messages_per_second']}/s); under "
-        f"{limited['rate_limit']}: busiest second {limited['busiest_second']} "
-        f"(limit {result['targets']['busiest_second']})"
+        f"workers {rates} (2 over 1: {result['two_workers_over_one']}×, target "
+        f"{targets['two_workers_over_one']}×); under {limited['rate_limit']}: "
+        f"{limited['messages_per_second']}/s on average (target "
+        f"{targets['limited_average_share_of_limit']:.0%} of the limit), busiest second "
+        f"{limited['busiest_second']} (limit {targets['busiest_second']})"
     )
     return figure, f"{peak} MiB a worker" if peak else "", result["date"], result["within_targets"]
 
