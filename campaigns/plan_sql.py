@@ -36,7 +36,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from campaigns.kinds import KINDS, Occurrences, Sql
-from campaigns.models import MessageTemplate, Rule, SkipReason
+from campaigns.models import Rule, SkipReason
 from campaigns.policy import limits_audience
 from campaigns.sendwindow import at_local, day_bounds, is_open_day, next_send_time
 from clinic_crm.copy_insert import default_values
@@ -46,6 +46,7 @@ from reminders.channels.base import channel_configured
 from reminders.models import OutboxMessage, Status
 
 Later = Callable[[str, str, str], list[str]]  # preferred, chosen channel, language → the rest
+HasTemplate = Callable[[str, str], bool]  # channel, language → the rule has a text for them
 STATES = ("granted", "withdrawn")  # per channel: joined here, not subqueries of the due set
 # Days around today whose send window the statement knows: every moment a pass plans from
 # (now, a send time today, a discharge today, a dose up to DOSE_LOOKAHEAD ahead) falls in them.
@@ -58,7 +59,7 @@ def plan_rule_sql(
     *,
     rows: models.QuerySet[Any],
     occurrences: Occurrences,
-    templates: list[MessageTemplate],
+    has_template: HasTemplate,
     later: Later,
     now: datetime,
     profile: ClinicProfile,
@@ -99,7 +100,7 @@ def plan_rule_sql(
         _send_time("f._from", timezone.localdate(now), profile),
         (" AS _send FROM f),", []),
         ("h AS (SELECT g.*, ", []),
-        _reason(rule, kind.fields, templates, now),
+        _reason(rule, kind.fields, has_template, now),
         (" AS _reason FROM g),", []),
         _insert_messages(rule, later, refs),
         (
@@ -199,14 +200,19 @@ def _send_time(moment: str, today: date, profile: ClinicProfile) -> Sql:
     )
 
 
-def _has_template(channel: str, templates: list[MessageTemplate], row: str) -> Sql:
-    """planner._template: the rule has a template for `channel` (SQL) in the language of the
-    patient of `row`, or in zh-Hant."""
-    any_language = sorted({t.channel for t in templates if t.language == "zh-hant"})
-    pairs = sorted({f"{t.channel}:{t.language}" for t in templates})
+def _has_template(rule: Rule, has_template: HasTemplate) -> Sql:
+    """The row `g` has a template for its channel in its patient's language (planner._template,
+    asked in Python of each channel of the rule and each language, '' for any other)."""
+    pairs = [
+        f"{channel}:{language}"
+        for channel in rule.channel_order
+        for language in [*Language.values, ""]
+        if has_template(channel, language)
+    ]
     return (
-        f"({channel} = ANY(%s::text[]) OR ({channel} || ':' || {row}.language) = ANY(%s::text[]))",
-        [any_language, pairs],
+        "(g._channel || ':' || CASE WHEN g.language = ANY(%s) THEN g.language ELSE '' END)"
+        " = ANY(%s::text[])",
+        [Language.values, pairs],
     )
 
 
@@ -247,9 +253,7 @@ def _outside_audience(rule: Rule, fields: tuple[str, ...], today: date) -> Sql:
     return " OR ".join(tests) or "false", params
 
 
-def _reason(
-    rule: Rule, fields: tuple[str, ...], templates: list[MessageTemplate], now: datetime
-) -> Sql:
+def _reason(rule: Rule, fields: tuple[str, ...], has_template: HasTemplate, now: datetime) -> Sql:
     """Why the occurrence `g` is skipped, as plan_decision decides, in its order; NULL when it
     is queued. Then the template check of planner.outbox_rows."""
     whens: list[Sql] = [("WHEN g.erased THEN %s", [SkipReason.ERASED])]
@@ -278,7 +282,7 @@ def _reason(
         whens.append(
             ("WHEN g.holdout_bucket < %s THEN %s", [rule.holdout_percent, SkipReason.HOLDOUT])
         )
-    test, params = _has_template("g._channel", templates, "g")
+    test, params = _has_template(rule, has_template)
     whens.append((f"WHEN NOT {test} THEN %s", [*params, SkipReason.NO_TEMPLATE]))
     return (
         f"(CASE {' '.join(sql for sql, _params in whens)} END)",

@@ -138,7 +138,9 @@ def plan_rule(
             rule,
             rows=rows,
             occurrences=selection.occurrences,
-            templates=list(templates.values()),
+            has_template=lambda channel, language: (
+                _template(templates, channel, language) is not None
+            ),
             later=partial(_later_channels, rule, templates),
             now=now,
             profile=profile,
