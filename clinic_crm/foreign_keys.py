@@ -1,9 +1,9 @@
 """A migration's way to take the database's foreign key off a ForeignKey (db_constraint=False)
 without rebuilding the table.
 
-AlterField would do it, but on SQLite by rebuilding the whole table, which the dashboard's views
-over the outbox and the skips forbid. On PostgreSQL the key is dropped (and put back when the
-migration is reversed); SQLite, a development database, keeps its key.
+AlterField would do it, but on SQLite by copying the whole table into a new one. On PostgreSQL
+the key is dropped (and put back when the migration is reversed); SQLite, a development
+database, keeps its key.
 """
 
 from collections.abc import Sequence
