@@ -41,25 +41,12 @@ from campaigns.templating import (
 )
 from clinic_crm.copy_insert import insert_new, insert_select
 from consent.selectors import patient_prefix
-from patients.models import (
-    Appointment,
-    ClinicProfile,
-    Patient,
-    Prescription,
-    Procedure,
-    RefillWindow,
-)
-from reminders.models import OutboxMessage, StaffTask, TrackedLink
+from patients.models import ClinicProfile, Patient, Procedure
+from reminders.models import MESSAGE_ABOUT, OutboxMessage, StaffTask, TrackedLink
 
 log = logging.getLogger(__name__)
 
 BATCH = 2000  # due occurrences decided, rendered and inserted together
-RELATED = {
-    "appointment_id": Appointment,
-    "procedure_id": Procedure,
-    "prescription_id": Prescription,
-    "refill_window_id": RefillWindow,
-}
 
 
 @dataclass
@@ -278,7 +265,8 @@ def message_text(
     if template is None:
         return None
     kind = KINDS[rule.kind]
-    ids = {key: getattr(message, key) for key in RELATED if getattr(message, key) is not None}
+    about = [name for name in MESSAGE_ABOUT if getattr(message, f"{name}_id") is not None]
+    ids = {f"{name}_id": getattr(message, f"{name}_id") for name in about}
     due = Due(
         kind.row_of(message),
         message.occurrence_key,
@@ -291,7 +279,7 @@ def message_text(
         rule=rule,
         patient=patient,
         profile=profile or ClinicProfile.load(),
-        refs={key.removesuffix("_id"): getattr(message, key.removesuffix("_id")) for key in ids},
+        refs={name: getattr(message, name) for name in about},
         due=due,
         today=timezone.localdate(message.due_at),
     )

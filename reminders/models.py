@@ -1,5 +1,5 @@
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import models
@@ -35,7 +35,10 @@ MESSAGE_ABOUT = {
 }
 
 
-def _about(model: type[models.Model], on_delete: Any) -> "models.ForeignKey[Any, Any]":
+M = TypeVar("M", bound=models.Model)
+
+
+def _about(model: type[M], on_delete: Any) -> "models.ForeignKey[M | None, M | None]":
     """A record a message may be about (OutboxMessage.appointment and the others)."""
     return models.ForeignKey(
         model, on_delete=on_delete, null=True, blank=True, db_index=False, db_constraint=False

@@ -4,7 +4,9 @@ planning or dispatching at a frozen moment."""
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+import pytest
 import time_machine
+from django.db import connection
 
 from campaigns.models import Rule
 from campaigns.planner import plan_due_messages
@@ -12,6 +14,21 @@ from reminders.services import messages_dispatch
 
 TPE = ZoneInfo("Asia/Taipei")
 MEMORY = "reminders.channels.memory.MemoryChannel"
+
+
+# Tests of rows with no database foreign key (the outbox's patient and records, the skips):
+# on SQLite, a development database, the keys are still there.
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="SQLite keeps the foreign keys"
+)
+
+
+def delete_by_hand(table: str, pk: int) -> None:
+    """Delete a row past the ORM, as the app's database role could, with every constraint
+    checked at once: a foreign key to it would refuse the DELETE here, not at the end."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(f"DELETE FROM {table} WHERE id = %s", [pk])  # noqa: S608 - a test's name
 
 
 def taipei(*args: int) -> dt.datetime:

@@ -21,7 +21,7 @@ from tests.factories import (
     grant,
     withdraw,
 )
-from tests.helpers import dispatch, only, plan, taipei
+from tests.helpers import delete_by_hand, dispatch, only, plan, postgresql_only, taipei
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("memory_channels", "english")]
 
@@ -112,12 +112,12 @@ def test_cancelled_appointment_is_not_reminded(notice, memory_channels):
     assert OutboxMessage.objects.get().error == "appointment cancelled"
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite keeps the foreign key")
+@postgresql_only
 def test_a_message_whose_appointment_was_deleted_by_hand_is_dropped(notice, memory_channels):
     # The outbox has no database key to the records a message is about (reminders.models):
     # an appointment deleted past the ORM, as the app's database role could, must stop the
-    # send rather than crash dispatch. IMMEDIATE: a key would refuse the DELETE here.
-    _delete_by_hand("patients_appointment", notice.appointment_id)
+    # send rather than crash dispatch.
+    delete_by_hand("patients_appointment", notice.appointment_id)
 
     dispatch(taipei(2026, 11, 24, 10, 1))
 
@@ -126,7 +126,7 @@ def test_a_message_whose_appointment_was_deleted_by_hand_is_dropped(notice, memo
     assert (notice.status, notice.error) == (Status.DROPPED, "the record it is about was removed")
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite keeps the foreign key")
+@postgresql_only
 def test_a_post_op_message_whose_procedure_was_deleted_by_hand_is_dropped(clinic, memory_channels):
     # The post-op kind has no check of its own before sending: the gate's is the only one.
     only("術後當日衛教")
@@ -138,19 +138,13 @@ def test_a_post_op_message_whose_procedure_was_deleted_by_hand_is_dropped(clinic
         discharged_at=taipei(2026, 11, 24, 15),
     )
     plan(taipei(2026, 11, 24, 15, 0))
-    _delete_by_hand("patients_procedure", procedure.pk)
+    delete_by_hand("patients_procedure", procedure.pk)
 
     dispatch(taipei(2026, 11, 24, 15, 1))
 
     assert memory_channels == []
     message = OutboxMessage.objects.get()
     assert (message.status, message.error) == (Status.DROPPED, "the record it is about was removed")
-
-
-def _delete_by_hand(table: str, pk: int) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        cursor.execute(f"DELETE FROM {table} WHERE id = %s", [pk])  # noqa: S608 - a test's name
 
 
 def test_rescheduled_appointment_never_gets_the_old_time(notice, memory_channels):

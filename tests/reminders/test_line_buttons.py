@@ -9,7 +9,6 @@ import logging
 import uuid
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from campaigns.models import Rule
@@ -19,6 +18,7 @@ from reminders.answers import MAX_DATA_CHARS, Answer, postback_data, postback_pa
 from reminders.models import InboundMessage, OutboxMessage, StaffTask, Status
 from reminders.services import messages_dispatch
 from tests.factories import AppointmentFactory, PatientFactory, ProcedureFactory, grant
+from tests.helpers import delete_by_hand, postgresql_only
 
 from . import contract
 from .inbound import (
@@ -303,15 +303,11 @@ def test_a_postback_for_a_cancelled_or_past_appointment_changes_nothing(
     assert not StaffTask.objects.exists()
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite keeps the foreign key")
+@postgresql_only
 def test_a_postback_for_an_appointment_deleted_by_hand_is_refused(client, request_sent):
     # No database key from the outbox to the appointment (reminders.models): the answer is
     # refused (200, nothing done), not a server error.
-    with connection.cursor() as cursor:
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        cursor.execute(
-            "DELETE FROM patients_appointment WHERE id = %s", [request_sent.appointment_id]
-        )
+    delete_by_hand("patients_appointment", request_sent.appointment_id)
 
     tap(client, LINE_ID, f"confirm:{request_sent.uuid}")
     tap(client, LINE_ID, f"change:{request_sent.uuid}")
